@@ -10,7 +10,8 @@ What is measured, for B = 128 embeddings of size D = 512 and C classes, with two
 * Step time: one training step's forward + backward (embeddings with ``requires_grad=True``,
   random labels, parameter gradients set to None before each step, no optimizer). After three
   warm-up steps each, the two heads are timed interleaved (ours, baseline, ours, baseline, ...)
-  so that machine noise hits both alike; the figure is the median over ``--repeats`` steps.
+  so that machine noise hits both alike; the times are medians over ``--repeats`` steps, the ratio
+  is the median of the per-pair ratios (robust to load that drifts during the run).
 * Step memory: the increase of the process's peak resident memory (VmHWM) over one step, measured
   for each (head, C) in a fresh subprocess run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc
   hands large buffers back to the OS and resident memory tracks the live tensors. The worker runs
@@ -105,8 +106,8 @@ def timed_step_ms(head: nn.Module, embeddings: torch.Tensor, labels: torch.Tenso
     return (time.perf_counter() - start) * 1e3
 
 
-def median_step_times_ms(num_classes: int, repeats: int) -> dict[str, float]:
-    """Median step time of each head, the heads timed in alternation."""
+def step_times_ms(num_classes: int, repeats: int) -> dict[str, list[float]]:
+    """Step times of each head, the heads timed in alternation (pair i = ours, then baseline)."""
     setups = {}
     for name in HEAD_NAMES:
         head = build_head(name, num_classes)
@@ -121,7 +122,7 @@ def median_step_times_ms(num_classes: int, repeats: int) -> dict[str, float]:
             times[name].append(timed_step_ms(*setups[name]))
     for name in HEAD_NAMES:
         log.info("C=%d %s step times (ms): %s", num_classes, name, " ".join(f"{t:.2f}" for t in times[name]))
-    return {name: statistics.median(samples) for name, samples in times.items()}
+    return times
 
 
 # ----------------------------------------------------------------------------- memory
@@ -201,10 +202,13 @@ def emit(key: str, value: float, decimals: int) -> None:
 
 def benchmark_size(num_classes: int, repeats: int) -> None:
     log.info("C=%d: timing %d interleaved steps per head", num_classes, repeats)
-    times = median_step_times_ms(num_classes, repeats)
-    emit(f"softmax_time_ms_C{num_classes}", times["softmax"], 3)
-    emit(f"arcface_time_ms_C{num_classes}", times["arcface"], 3)
-    emit(f"arcface_vs_softmax_time_C{num_classes}", times["arcface"] / times["softmax"], 2)
+    times = step_times_ms(num_classes, repeats)
+    emit(f"softmax_time_ms_C{num_classes}", statistics.median(times["softmax"]), 3)
+    emit(f"arcface_time_ms_C{num_classes}", statistics.median(times["arcface"]), 3)
+    # Median of the ratios of adjacent steps: a load that comes and goes on this shared machine
+    # shifts both steps of a pair alike, where it could shift the two medians apart.
+    pair_ratios = [ours / base for ours, base in zip(times["arcface"], times["softmax"])]
+    emit(f"arcface_vs_softmax_time_C{num_classes}", statistics.median(pair_ratios), 2)
 
     log.info("C=%d: measuring step memory in fresh processes", num_classes)
     memory = {name: measure_step_memory_mb(name, num_classes) for name in HEAD_NAMES}

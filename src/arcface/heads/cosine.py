@@ -17,7 +17,7 @@ import torch
 __all__ = ["scaled_cosine", "row_dot"]
 
 # Rows per chunk for the (C, D) row-wise dot product in backward: bounds its temporary memory.
-_ROW_DOT_CHUNK = 1024
+_ROW_DOT_CHUNK = 512
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
