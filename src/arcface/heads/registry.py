@@ -6,30 +6,23 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..registry import Registry
+
 __all__ = ["register_head", "create_head", "list_heads"]
 
-_HEADS: dict[str, Callable[..., nn.Module]] = {}
+_HEADS: Registry[nn.Module] = Registry("head")
 
 
 def register_head(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a factory ``fn(num_classes, embedding_size, **kw) -> head``."""
-
-    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _HEADS:
-            raise ValueError(f"head {name!r} is already registered")
-        _HEADS[name] = factory
-        return factory
-
-    return decorator
+    return _HEADS.register(name)
 
 
 def list_heads() -> list[str]:
     """Names of all registered heads, sorted."""
-    return sorted(_HEADS)
+    return _HEADS.names()
 
 
 def create_head(name: str, num_classes: int, embedding_size: int = 512, **kwargs) -> nn.Module:
     """Build a registered head; keyword arguments override the preset's defaults."""
-    if name not in _HEADS:
-        raise ValueError(f"unknown head {name!r}; available: {', '.join(list_heads())}")
-    return _HEADS[name](num_classes=num_classes, embedding_size=embedding_size, **kwargs)
+    return _HEADS.create(name, num_classes=num_classes, embedding_size=embedding_size, **kwargs)
