@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .checkpointing import checkpointed
 from .common import INPUT_SIZE, check_face_batch, run_full_precision
+from .prelu import PReLU
 
 __all__ = ["IResNet", "IRBlock", "IRESNET_DEPTHS"]
 
@@ -42,7 +43,7 @@ class IRBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(in_channels, eps=BN_EPS)
         self.conv1 = _conv3x3(in_channels, channels)
         self.bn2 = nn.BatchNorm2d(channels, eps=BN_EPS)
-        self.prelu = nn.PReLU(channels)
+        self.prelu = PReLU(channels)
         self.conv2 = _conv3x3(channels, channels, stride)
         self.bn3 = nn.BatchNorm2d(channels, eps=BN_EPS)
         self.downsample = None
@@ -90,7 +91,7 @@ class IResNet(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         self.conv1 = _conv3x3(3, STAGE_WIDTHS[0])
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0], eps=BN_EPS)
-        self.prelu = nn.PReLU(STAGE_WIDTHS[0])
+        self.prelu = PReLU(STAGE_WIDTHS[0])
         in_channels = STAGE_WIDTHS[0]
         for index, (units, width) in enumerate(zip(IRESNET_DEPTHS[depth], STAGE_WIDTHS), start=1):
             blocks = [IRBlock(in_channels, width, stride=2)] + [IRBlock(width, width) for _ in range(units - 1)]

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .common import check_face_batch, run_full_precision
+from .prelu import PReLU
 
 __all__ = ["MobileFaceNet"]
 
@@ -26,7 +27,7 @@ class ConvBN(nn.Module):
             nn.BatchNorm2d(out_channels),
         ]
         if not linear:
-            modules.append(nn.PReLU(out_channels))
+            modules.append(PReLU(out_channels))
         self.layers = nn.Sequential(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
