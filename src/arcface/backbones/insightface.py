@@ -61,8 +61,20 @@ def from_insightface(name: str, state_dict: Mapping, embedding_size: int | None 
             int(state["features.layers.3.running_mean"].shape[0]) if "features.layers.3.running_mean" in state else 512
         )
     model = create_backbone(ours, embedding_size=embedding_size, **kwargs)
+    expected = model.state_dict().keys()
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match {ours} (insightface {name!r}): "
+            f"{len(missing)} missing keys {_preview(missing)}, {len(unexpected)} unexpected keys {_preview(unexpected)}; "
+            f"is it a checkpoint of another depth?"
+        )
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
+    except RuntimeError as error:  # shape mismatches
         raise ValueError(f"checkpoint does not match {ours} (insightface {name!r}): {error}") from error
     return model.eval()
+
+
+def _preview(keys: list[str], shown: int = 3) -> str:
+    return "[" + ", ".join(keys[:shown]) + (", ...]" if len(keys) > shown else "]")

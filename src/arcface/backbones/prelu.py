@@ -38,7 +38,8 @@ class _PReLUFunction(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 reduce_dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 1 else [0]
                 # bf16/fp16 sums accumulate in float32 internally; no float32 copy of the map.
-                per_channel = grad_negative.mul_(x).sum(dim=reduce_dims).float()
+                per_channel = grad_negative.mul_(x).sum(dim=reduce_dims)
+                per_channel = per_channel.to(torch.promote_types(per_channel.dtype, torch.float32))
                 grad_weight = (per_channel.sum() if weight.numel() == 1 else per_channel).to(weight.dtype)
                 grad_weight = grad_weight.reshape(weight.shape)
         return grad_x, grad_weight

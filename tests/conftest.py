@@ -1,0 +1,19 @@
+"""Shared test helpers: where the real data and fixtures live (``../shared`` beside the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ARCFACE_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def shared_path(relative: str) -> Path:
+    """A path under shared/, or skip the test with the reason when it is absent."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data and fixtures live in ../shared; set ARCFACE_SHARED to move it)")
+    return path
