@@ -138,3 +138,13 @@ def test_activation_checkpointing_matches_plain_training_exactly():
 def test_mobilefacenet_rejects_activation_checkpointing():
     with pytest.raises(ValueError, match="activation_checkpointing"):
         create_backbone("mobilefacenet", activation_checkpointing=True)
+
+
+def test_grouped_stem_conv_stays_float32_under_autocast():
+    from arcface.backbones.mobilefacenet import Float32Conv2d
+
+    model = create_backbone("mobilefacenet")
+    grouped = [m for m in model.modules() if isinstance(m, Float32Conv2d)]
+    assert [m.groups for m in grouped] == [64]  # only the stem's grouped conv; depthwise ones stay bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert grouped[0](torch.randn(1, 128, 8, 8)).dtype == torch.float32
