@@ -127,3 +127,14 @@ def test_build_dataset_dispatches_on_the_path(folder, tmp_path):
         build_dataset("synthetic:x")
     with pytest.raises(DataError, match="not found"):
         build_dataset(tmp_path / "nothing.bin")
+
+
+def test_record_dataset_on_a_real_im2rec_file():
+    from arcface.data.datasets import RecordDataset
+    from conftest import shared_path
+
+    dataset = RecordDataset(shared_path("fixtures/recordio/faceid_processing_testing/testing.rec"), transform=FaceTransform(flip=0.0))
+    assert len(dataset) == 217 and dataset.num_classes == 25
+    image, label = dataset[0]
+    assert image.shape == (3, 112, 112) and 0 <= label < 25
+    assert isinstance(build_dataset(dataset.records.rec_path), RecordDataset)

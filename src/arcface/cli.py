@@ -1,7 +1,8 @@
-"""The ``arcface`` command: ``arcface <verb> ...``. Later issues add train, eval, clean, invert, ...
+"""The ``arcface`` command: ``arcface <verb> ...``.
 
-Each verb registers a sub-parser and a handler; ``main(argv)`` parses, configures logging once and
-returns the handler's exit status, so tests call ``main([...])`` in-process.
+``main(argv)`` parses, configures logging once and returns the handler's exit status, so tests call
+``main([...])`` in-process. Bad input (missing or corrupt files, bad values) ends with a one-line
+message on stderr and exit status 2, never a traceback; what was already written stays.
 """
 
 from __future__ import annotations
@@ -11,25 +12,13 @@ import logging
 import sys
 
 from . import __version__
+from .commands import CommandError
+from .commands import data as data_commands
+from .commands import heads as heads_commands
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CommandError"]
 
-log = logging.getLogger(__name__)
-
-
-class CommandError(Exception):
-    """A user-facing error: reported as one line on stderr, exit status 2."""
-
-
-def _cmd_heads(args: argparse.Namespace) -> int:
-    from .heads import create_head, list_heads
-
-    shown = ("scale", "m1", "m2", "m3", "sub_centers", "bias")
-    for name in list_heads():
-        hparams = create_head(name, num_classes=1, embedding_size=1).hparams()
-        detail = ", ".join(f"{key}={hparams[key]}" for key in shown if key in hparams)
-        sys.stdout.write(f"{name:<20} {detail}\n")
-    return 0
+log = logging.getLogger("arcface")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    heads = verbs.add_parser("heads", help="list the registered margin heads and their default margins")
-    heads.set_defaults(handler=_cmd_heads)
+    for module in (data_commands, heads_commands):
+        module.register(verbs)
     return parser
 
 
@@ -52,14 +41,24 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "handler", None) is None:
-        parser.print_help()
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        (getattr(args, "verb_parser", None) or parser).print_help()
         return 0
+    from .data.errors import DataError
+
     try:
-        return args.handler(args)
-    except CommandError as error:
+        return handler(args)
+    except (CommandError, DataError, ValueError) as error:
+        log.debug("details", exc_info=True)
         log.error("%s", error)
         return 2
+    except OSError as error:
+        log.error("%s: %s", getattr(error, "filename", None) or "I/O error", error.strerror or error)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; files already written are kept (re-run to resume where supported)")
+        return 130
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ class RecordDataset(FaceDataset):
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None, **kwargs):
         super().__init__(**kwargs)
-        from .recordio import FaceRecordFile
+        from .face_records import FaceRecordFile
 
         self.records = FaceRecordFile(rec_path, idx_path)
         self.keys = list(self.records.image_keys)

@@ -1,0 +1,97 @@
+"""``arcface data pack | unpack | align``: dataset formats and face alignment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import CommandError
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+DETECTOR_HELP = (
+    "YuNet face detector ONNX file (OpenCV model zoo, models/face_detection_yunet; "
+    "e.g. face_detection_yunet_2023mar.onnx); default: $ARCFACE_DETECTOR"
+)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from ..data.pack import pack_folder
+
+    out = Path(args.out)
+    if out.suffix != ".rec":
+        raise CommandError(f"{out}: the output must be a .rec path (the .idx and property are written beside it)")
+    counts = pack_folder(args.folder, out)
+    sys.stdout.write(json.dumps(counts) + "\n")
+    return 0
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    from ..data.unpack import unpack
+
+    counts = unpack(args.source, args.out_dir)
+    sys.stdout.write(json.dumps(counts) + "\n")
+    return 0
+
+
+def _align(args: argparse.Namespace) -> int:
+    import os
+
+    from ..data.align_job import AlignOptions, align_folder
+
+    detector = args.detector or os.environ.get("ARCFACE_DETECTOR")
+    if not detector:
+        raise CommandError(f"no face detector given: pass --detector PATH ({DETECTOR_HELP})")
+    options = AlignOptions(
+        detector=detector,
+        score_threshold=args.score_threshold,
+        all_faces=args.all_faces,
+        no_face=args.no_face,
+        fallback_fraction=args.fallback_fraction,
+        workers=args.workers,
+    )
+    destination = Path(args.destination)
+    folder = destination.with_name(destination.stem + "_aligned") if destination.suffix == ".rec" else destination
+    report = align_folder(args.source, folder, options)
+    log.info(
+        "%d of %d images aligned (%.2f%%); no face: %d, unreadable: %d, several faces: %d; report: %s",
+        report["faces_found"], report["images"], 100 * report["face_found_rate"], len(report["no_face"]),
+        len(report["unreadable"]), len(report["multiple_faces"]), folder / "align_report.json",
+    )
+    if destination.suffix == ".rec":
+        from ..data.pack import pack_folder
+
+        pack_folder(folder, destination)
+    return 0
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    data = verbs.add_parser("data", help="dataset formats (.rec, .bin, folders) and face alignment")
+    data.set_defaults(verb_parser=data)
+    actions = data.add_subparsers(dest="action", metavar="ACTION")
+
+    pack = actions.add_parser("pack", help="image folder (root/<identity>/<image>) -> insightface .rec/.idx/property")
+    pack.add_argument("folder")
+    pack.add_argument("out", metavar="OUT.rec")
+    pack.set_defaults(handler=_pack)
+
+    unpack = actions.add_parser("unpack", help=".rec -> OUT_DIR/<label>/<key>.jpg (bytes unchanged); .bin -> images + pairs")
+    unpack.add_argument("source", metavar="SRC")
+    unpack.add_argument("out_dir", metavar="OUT_DIR")
+    unpack.set_defaults(handler=_unpack)
+
+    align = actions.add_parser("align", help="detect faces (YuNet) and align them to the 112x112 ArcFace template")
+    align.add_argument("source", metavar="SRC", help="folder of photos (any tree; relative paths are kept)")
+    align.add_argument("destination", metavar="DST", help="output folder, or a .rec path (aligned folder + pack)")
+    align.add_argument("--detector", help=DETECTOR_HELP)
+    align.add_argument("--score-threshold", type=float, default=0.6, help="minimum detection confidence (default 0.6)")
+    align.add_argument("--all-faces", action="store_true", help="write every face, not only the most central one")
+    align.add_argument("--no-face", choices=["skip", "center-crop"], default="skip", help="what to do without a face")
+    align.add_argument("--fallback-fraction", type=float, default=0.5, help="center-crop side / shorter image side")
+    align.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    align.set_defaults(handler=_align)
