@@ -15,6 +15,7 @@ from . import __version__
 from .commands import CommandError
 from .commands import data as data_commands
 from .commands import heads as heads_commands
+from .commands import train as train_commands
 
 __all__ = ["main", "build_parser", "CommandError"]
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (data_commands, heads_commands):
+    for module in (data_commands, heads_commands, train_commands):
         module.register(verbs)
     return parser
 

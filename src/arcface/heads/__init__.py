@@ -10,6 +10,7 @@ from . import presets as _presets  # noqa: F401  (registers the named heads)
 from .cosine import scaled_cosine
 from .margin import PI_REGIONS, margined_target
 from .margin_head import POOLINGS, MarginHead
+from .partial_fc import PartialFCHead, shard_range
 from .presets import COMBINED_PRESETS
 from .registry import create_head, list_heads, register_head
 from .regularizers import angular_triplet_term, inter_term, intra_term

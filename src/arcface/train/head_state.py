@@ -1,0 +1,102 @@
+"""The training head and its world-size-independent state (for checkpoints that reshard).
+
+One process with ``sample_rate == 1`` trains any registered head (MarginHead, SoftmaxHead, sub-centers,
+intra/inter/triplet terms). Several processes, or class sampling, use the model-parallel
+PartialFCHead (the combined-margin presets). Either way a checkpoint stores the *full* (C, D) class
+centers and the full optimizer rows, so a run can resume with a different number of processes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..heads import COMBINED_PRESETS, create_head
+from ..heads.partial_fc import PartialFCHead
+from .config import HeadConfig
+
+__all__ = ["build_training_head", "head_full_state", "load_head_full_state", "optimizer_full_state", "load_optimizer_full_state"]
+
+INIT_STD = 0.01
+
+
+def _margins(config: HeadConfig) -> dict:
+    return {key: getattr(config, key) for key in ("scale", "m1", "m2", "m3") if getattr(config, key) is not None}
+
+
+def build_training_head(config: HeadConfig, num_classes: int, embedding_size: int, rank: int, world_size: int, seed: int) -> nn.Module:
+    """The head for this process, its centers drawn from ``seed`` (identical for every world size)."""
+    if world_size == 1 and config.sample_rate == 1.0:
+        kwargs = dict(config.options)
+        if config.name != "softmax":
+            kwargs.update(_margins(config), sub_centers=config.sub_centers)
+        head = create_head(config.name, num_classes=num_classes, embedding_size=embedding_size, **kwargs)
+    else:
+        if config.name not in COMBINED_PRESETS or config.sub_centers != 1:
+            raise ValueError(
+                f"several processes or head.sample_rate < 1 need the model-parallel head, which supports the "
+                f"presets {sorted(COMBINED_PRESETS)} without sub-centers; got head.name={config.name!r}, "
+                f"sub_centers={config.sub_centers}"
+            )
+        margins = {**{"scale": 64.0}, **COMBINED_PRESETS[config.name], **_margins(config)}
+        head = PartialFCHead(
+            num_classes, embedding_size, rank=rank, world_size=world_size, sample_rate=config.sample_rate,
+            seed=seed, **margins, **config.options,
+        )
+    generator = torch.Generator().manual_seed(seed)
+    full = torch.randn(head_rows(head, num_classes), embedding_size, generator=generator) * INIT_STD
+    load_head_full_state(head, {"weight": full, **{k: v for k, v in head.state_dict().items() if k != "weight"}})
+    return head
+
+
+def head_rows(head: nn.Module, num_classes: int) -> int:
+    return num_classes * getattr(head, "sub_centers", 1)
+
+
+def head_full_state(head: nn.Module) -> dict:
+    """The head's parameters with the class centers gathered over all processes (call on every rank)."""
+    state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    if isinstance(head, PartialFCHead):
+        state["weight"] = head.full_weight().detach().cpu()
+    return state
+
+
+def load_head_full_state(head: nn.Module, state: dict) -> None:
+    if isinstance(head, PartialFCHead):
+        head.load_full_weight(state["weight"])
+        rest = {k: v for k, v in state.items() if k != "weight"}
+        if rest:
+            head.load_state_dict({**head.state_dict(), **rest})
+        return
+    head.load_state_dict(state)
+
+
+def _weight_index(optimizer: torch.optim.Optimizer, head: nn.Module) -> int | None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, param in enumerate(params):
+        if param is head.weight:
+            return index
+    return None
+
+
+def optimizer_full_state(optimizer: torch.optim.Optimizer, head: nn.Module) -> dict:
+    """The head optimizer's state_dict with per-row state (momentum, Adam moments) gathered."""
+    state = optimizer.state_dict()
+    index = _weight_index(optimizer, head)
+    if isinstance(head, PartialFCHead) and index is not None and index in state["state"]:
+        state["state"][index] = {
+            key: head.gather_rows(value) if torch.is_tensor(value) and value.shape == head.weight.shape else value
+            for key, value in state["state"][index].items()
+        }
+    return state
+
+
+def load_optimizer_full_state(optimizer: torch.optim.Optimizer, head: nn.Module, state: dict) -> None:
+    index = _weight_index(optimizer, head)
+    if isinstance(head, PartialFCHead) and index is not None and index in state["state"]:
+        rows = head.num_classes
+        state["state"][index] = {
+            key: head.shard_rows(value) if torch.is_tensor(value) and value.dim() == 2 and value.shape[0] == rows else value
+            for key, value in state["state"][index].items()
+        }
+    optimizer.load_state_dict(state)
