@@ -21,6 +21,7 @@ __all__ = [
     "PI_REGIONS",
     "POOLINGS",
     "MarginHead",
+    "PartialFCHead",
     "SoftmaxHead",
     "angular_triplet_term",
     "create_head",
@@ -30,4 +31,5 @@ __all__ = [
     "margined_target",
     "register_head",
     "scaled_cosine",
+    "shard_range",
 ]
