@@ -416,3 +416,15 @@ def test_two_ranks_raise_together_on_bad_inputs(two_ranks):
         torch.testing.assert_close(result["after_errors"], two_ranks[0]["after_errors"])
     assert "label 99 at batch position 1" in two_ranks[1]["label_error"]
     assert "rank(s) [1]" in two_ranks[0]["label_error"]
+
+
+def test_seeded_rows_of_any_split_equal_the_whole_matrix():
+    from arcface.heads.init import INIT_CHUNK_ROWS, seeded_normal_rows
+
+    rows = 2 * INIT_CHUNK_ROWS + 37
+    whole = seeded_normal_rows(5, 0, rows, 4)
+    cuts = [0, 1, INIT_CHUNK_ROWS - 1, INIT_CHUNK_ROWS + 5, rows]
+    parts = [seeded_normal_rows(5, a, b, 4) for a, b in zip(cuts, cuts[1:])]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    assert whole.std().item() == pytest.approx(0.01, rel=0.05)
+    assert not torch.equal(whole, seeded_normal_rows(6, 0, rows, 4))

@@ -15,6 +15,7 @@ from . import __version__
 from .commands import CommandError
 from .commands import data as data_commands
 from .commands import heads as heads_commands
+from .commands import lfw as lfw_commands
 from .commands import train as train_commands
 
 __all__ = ["main", "build_parser", "CommandError"]
@@ -30,9 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (data_commands, heads_commands, train_commands):
+    for module in (data_commands, heads_commands, lfw_commands, train_commands):
         module.register(verbs)
     return parser
+
+
+def _one_line(message: str) -> str:
+    """An error raised in a DataLoader worker arrives with the worker's traceback in its message:
+    keep the last line, which is the error itself."""
+    if "Traceback" not in message:
+        return message
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    last = lines[-1]
+    return last.split(": ", 1)[1] if last.startswith(("arcface.", "ValueError", "OSError")) and ": " in last else last
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except (CommandError, DataError, ValueError) as error:
         log.debug("details", exc_info=True)
-        log.error("%s", error)
+        log.error("%s", _one_line(str(error)))
         return 2
     except OSError as error:
         log.error("%s: %s", getattr(error, "filename", None) or "I/O error", error.strerror or error)

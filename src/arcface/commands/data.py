@@ -70,6 +70,14 @@ def _align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from ..data.download import fetch_lfw, fetch_yunet
+
+    path = fetch_lfw(args.out) if args.what == "lfw" else fetch_yunet(args.out)
+    log.info("%s is in %s", args.what, path)
+    return 0
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
     data = verbs.add_parser("data", help="dataset formats (.rec, .bin, folders) and face alignment")
     data.set_defaults(verb_parser=data)
@@ -95,3 +103,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     align.add_argument("--fallback-fraction", type=float, default=0.5, help="center-crop side / shorter image side")
     align.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     align.set_defaults(handler=_align)
+
+    download = actions.add_parser("download", help="fetch LFW (images + protocol files) or the YuNet detector (internet)")
+    download.add_argument("what", choices=["lfw", "yunet"])
+    download.add_argument("--out", required=True, help="destination folder")
+    download.set_defaults(handler=_download)

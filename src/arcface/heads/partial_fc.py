@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .base import check_embeddings, check_labels, compute_dtype
 from .cosine import scaled_cosine
+from .init import seeded_normal_rows
 from .margin import check_margins, margined_target
 from .margin_head import EMBEDDING_NORM_EPS
 
@@ -198,12 +199,9 @@ class PartialFCHead(nn.Module):
         self.straight_through = bool(straight_through)
         self.seed = int(seed)
         self.process_group = process_group
-        # Drawing the full matrix costs C*D floats once, on the CPU (2 GiB at a million classes of
-        # 512): the price of shards that match a single-process head seeded the same way.
-        generator = torch.Generator().manual_seed(self.seed)
-        full = torch.empty(num_classes, embedding_size).normal_(0.0, init_std, generator=generator)
-        self.weight = nn.Parameter(full[self.class_start : self.class_end].clone())
-        del full
+        # Only this shard's rows are drawn (block-seeded): they equal the same rows of a
+        # single-process head with the same seed, without ever holding the full matrix.
+        self.weight = nn.Parameter(seeded_normal_rows(self.seed, self.class_start, self.class_end, embedding_size, init_std))
         self._sampler = torch.Generator().manual_seed(self.seed + self.rank)
 
     @property

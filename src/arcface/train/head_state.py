@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..heads import COMBINED_PRESETS, create_head
+from ..heads.init import seeded_normal_rows
 from ..heads.partial_fc import PartialFCHead
 from .config import HeadConfig
 
@@ -41,11 +42,11 @@ def build_training_head(config: HeadConfig, num_classes: int, embedding_size: in
         margins = {**{"scale": 64.0}, **COMBINED_PRESETS[config.name], **_margins(config)}
         head = PartialFCHead(
             num_classes, embedding_size, rank=rank, world_size=world_size, sample_rate=config.sample_rate,
-            seed=seed, **margins, **config.options,
+            seed=seed, init_std=INIT_STD, **margins, **config.options,
         )
-    generator = torch.Generator().manual_seed(seed)
-    full = torch.randn(head_rows(head, num_classes), embedding_size, generator=generator) * INIT_STD
-    load_head_full_state(head, {"weight": full, **{k: v for k, v in head.state_dict().items() if k != "weight"}})
+    if not isinstance(head, PartialFCHead):  # PartialFCHead draws its own shard the same way
+        with torch.no_grad():
+            head.weight.copy_(seeded_normal_rows(seed, 0, head_rows(head, num_classes), embedding_size, INIT_STD))
     return head
 
 

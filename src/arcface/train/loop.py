@@ -205,13 +205,16 @@ class _Run:
         results = {}
         if self.context.is_main:
             from ..eval import verify_bin, verify_pairs
-            from ..data.protocols import read_pairs
+            from ..data.protocols import read_pairs, stratified_folds
 
             self.backbone.eval()
             kwargs = {"batch_size": config.batch_size, "device": self.device, "autocast_dtype": self.autocast_dtype,
                       "channels_last": self.memory_format == torch.channels_last}
             if config.pairs is not None:
-                result = verify_pairs(self.backbone, read_pairs(config.pairs), config.images, **kwargs)
+                pairs = read_pairs(config.pairs)
+                # View 1 files (pairsDevTest.txt) have no folds and list all same pairs first.
+                folds = stratified_folds(pairs) if len({p.fold for p in pairs}) == 1 else None
+                result = verify_pairs(self.backbone, pairs, config.images, folds=folds, **kwargs)
                 results[Path(config.pairs).name] = result.accuracy_mean
             for bin_path in config.bins:
                 results[Path(bin_path).name] = verify_bin(self.backbone, bin_path, **kwargs).accuracy_mean
@@ -224,7 +227,8 @@ class _Run:
             if self.context.is_main:
                 atomic_torch_save(state, self.run_dir / "best.pt")
             self.context.barrier()
-        return {"step": self.position.step, "eval": results, "best_accuracy": self.position.best_accuracy}
+        return {"step": self.position.step, "elapsed_s": self.position.elapsed, "eval": results,
+                "best_accuracy": self.position.best_accuracy}
 
     # ------------------------------------------------------------------ training
     def _progress(self) -> float:

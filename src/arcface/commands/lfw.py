@@ -1,0 +1,37 @@
+"""``arcface lfw``: the CPU reference recipe end to end (align once, train, verify, print the accuracy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..recipes.lfw import run_lfw_recipe
+    from ..runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    summary = run_lfw_recipe(Path(args.out), lfw=args.lfw, detector=args.detector, cache=args.cache, full=args.full, overrides=args.set)
+    accuracy = (summary.get("final_eval") or {}).get("pairsDevTest.txt")
+    sys.stdout.write(json.dumps(summary) + "\n")
+    if accuracy is not None:
+        sys.stdout.write(f"pairsDevTest 10-fold accuracy: {100 * accuracy:.2f}% after {summary['training_seconds'] / 60:.1f} min of training\n")
+    return 0
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser("lfw", help="CPU reference recipe: train on LFW View 1 people, verify on pairsDevTest")
+    parser.add_argument("--out", default="runs/lfw", help="run folder (default runs/lfw)")
+    parser.add_argument("--lfw", help="LFW folder (images/, pairsDevTest.txt, peopleDevTrain.txt); default $ARCFACE_LFW or ../shared/data/lfw_deepfunneled")
+    parser.add_argument("--detector", help="YuNet ONNX file; default $ARCFACE_DETECTOR or <lfw>/../models/yunet/*.onnx")
+    parser.add_argument("--cache", help="where the aligned images go (default: <out>/../cache)")
+    parser.add_argument("--full", action="store_true", help="the full recipe (60 min of training) instead of the 12-minute one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    parser.set_defaults(handler=_run)

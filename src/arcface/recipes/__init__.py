@@ -1,0 +1,1 @@
+"""End-to-end recipes that wire data preparation, training and evaluation together."""
