@@ -31,6 +31,7 @@ from ..heads.partial_fc import PartialFCHead
 from .checkpoint import atomic_torch_save, load_latest, save_checkpoint
 from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict
 from .distributed import DistributedContext
+from .metrics import MetricsLog
 from .head_state import (
     build_training_head,
     head_full_state,
@@ -293,14 +294,16 @@ class _Run:
         if context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
-            metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            metrics = MetricsLog(self.run_dir)
         log.info(
             "training %s + %s on %d images of %d classes, %d process(es) x batch %d, %s steps",
             config.model.backbone, config.head.name, len(self.dataset), self.num_classes, context.world_size,
             config.data.batch_size, self.total_steps if not self.time_budget else f"{config.schedule.time_budget_minutes} min of",
         )
-        bar = tqdm(total=None if self.time_budget else self.total_steps, initial=position.step, desc="train", unit="step",
-                   disable=None if context.is_main else True, dynamic_ncols=True)
+        # A time budget is shown as seconds of training, so the bar's ETA is the budget's end.
+        by_time = self.time_budget > 0
+        bar = tqdm(total=round(self.time_budget) if by_time else self.total_steps, initial=round(position.elapsed) if by_time else position.step,
+                   desc="train", unit="s" if by_time else "step", disable=None if context.is_main else True, dynamic_ncols=True)
         accumulation = config.optim.accumulation
         images_per_step = config.data.batch_size * context.world_size * accumulation
         last_checkpoint = time.monotonic()
@@ -339,12 +342,11 @@ class _Run:
                                 f"the loss was non-finite for {in_a_row} steps in a row (step {position.step}); "
                                 f"lower optim.lr, use precision.autocast=bf16 instead of fp16, or check the data"
                             )
-                    bar.update(1)
+                    bar.update(seconds if by_time else 1)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_step / seconds:.1f}", epoch=position.epoch)
                     if metrics is not None and (position.step % config.log_every == 0 or position.step == 1):
-                        metrics.write(json.dumps({"step": position.step, "epoch": position.epoch, "loss": loss, "lr": lr,
-                                                  "images_per_s": images_per_step / seconds, "elapsed_s": position.elapsed}) + "\n")
-                        metrics.flush()
+                        metrics.write({"step": position.step, "epoch": position.epoch, "loss": loss, "lr": lr,
+                                       "images_per_s": images_per_step / seconds, "elapsed_s": position.elapsed})
                     done = self._done()
                     every = config.checkpoint
                     if not done and ((every.every_steps and position.step % every.every_steps == 0)
@@ -388,6 +390,5 @@ class _Run:
         if result is not None:
             log.info("step %d: verification %s (best %.4f)", result["step"], result["eval"], result["best_accuracy"])
             if metrics is not None:
-                metrics.write(json.dumps(result) + "\n")
-                metrics.flush()
+                metrics.write(result)
         return result
