@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_embeddings", "check_labels", "compute_dtype"]
+__all__ = ["check_head_sizes", "check_embeddings", "check_labels", "compute_dtype"]
+
+
+def check_head_sizes(num_classes: int, embedding_size: int, scale: float | None = None) -> None:
+    """Raise ValueError for a head with no classes, no embedding dimensions, or a non-positive scale."""
+    if num_classes < 1 or embedding_size < 1:
+        raise ValueError(f"num_classes and embedding_size must be >= 1, got {num_classes}, {embedding_size}")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
 
 
 def check_embeddings(embeddings: torch.Tensor, embedding_size: int) -> None:

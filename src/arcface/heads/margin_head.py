@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import check_embeddings, check_labels, compute_dtype
+from .base import check_embeddings, check_head_sizes, check_labels, compute_dtype
 from .cosine import scaled_cosine
 from .margin import check_margins, margined_target
 from .regularizers import angular_triplet_term, inter_term, intra_term
@@ -72,12 +72,9 @@ class MarginHead(nn.Module):
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or embedding_size < 1:
-            raise ValueError(f"num_classes and embedding_size must be >= 1, got {num_classes}, {embedding_size}")
+        check_head_sizes(num_classes, embedding_size, scale)
         if sub_centers < 1:
             raise ValueError(f"sub_centers must be >= 1, got {sub_centers}")
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         check_margins(m1, m2, m3, pi_region)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import check_embeddings, check_labels, compute_dtype
+from .base import check_embeddings, check_head_sizes, check_labels, compute_dtype
 from .cosine import scaled_cosine
 from .init import seeded_normal_rows
 from .margin import check_margins, margined_target
@@ -172,8 +172,7 @@ class PartialFCHead(nn.Module):
         sub_centers: int = 1,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or embedding_size < 1:
-            raise ValueError(f"num_classes and embedding_size must be >= 1, got {num_classes}, {embedding_size}")
+        check_head_sizes(num_classes, embedding_size, scale)
         if sub_centers != 1:
             raise ValueError(
                 f"PartialFCHead does not support sub-centers (got sub_centers={sub_centers}); "
@@ -185,8 +184,6 @@ class PartialFCHead(nn.Module):
             )
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
         check_margins(m1, m2, m3, pi_region)
         self.class_start, self.class_end = shard_range(num_classes, rank, world_size)
         self.num_classes = int(num_classes)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import check_embeddings, check_labels, compute_dtype
+from .base import check_embeddings, check_head_sizes, check_labels, compute_dtype
 
 __all__ = ["SoftmaxHead"]
 
@@ -27,8 +27,7 @@ class SoftmaxHead(nn.Module):
 
     def __init__(self, num_classes: int, embedding_size: int = 512, bias: bool = True, init_std: float = 0.01):
         super().__init__()
-        if num_classes < 1 or embedding_size < 1:
-            raise ValueError(f"num_classes and embedding_size must be >= 1, got {num_classes}, {embedding_size}")
+        check_head_sizes(num_classes, embedding_size)
         self.num_classes = int(num_classes)
         self.embedding_size = int(embedding_size)
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
