@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ..data.augment import AugmentConfig
+
 __all__ = [
     "DataConfig",
     "ModelConfig",
@@ -45,6 +47,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader worker processes
     flip: bool = True  # random horizontal flip
     skip_bad: bool = False  # skip (and count) corrupt images instead of stopping
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # beyond flips: for small datasets
 
 
 @dataclass
@@ -130,6 +133,7 @@ class TrainConfig:
         checks = [
             (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
+            *self.data.augment.validate(),
             (self.optim.name in ("sgd", "adamw"), f"optim.name must be sgd or adamw, got {self.optim.name!r}"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (self.optim.accumulation >= 1, "optim.accumulation must be >= 1"),
@@ -185,6 +189,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

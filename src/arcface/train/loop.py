@@ -114,9 +114,10 @@ class _Run:
         torch.manual_seed(config.seed)  # identical model init on every rank and every world size
         self.dataset = _build_dataset(config)
         self.num_classes = self.dataset.num_classes
-        self.sampler = EpochSampler(len(self.dataset), config.data.batch_size, context.rank, context.world_size, config.seed, config.data.flip)
+        self.sampler = EpochSampler(len(self.dataset), config.data.batch_size, context.rank, context.world_size, config.seed, config.data.flip,
+                                     encode_epoch=config.data.augment.enabled)
         self.loader = DataLoader(
-            FlipEncodedDataset(self.dataset), batch_sampler=self.sampler, num_workers=config.data.num_workers,
+            FlipEncodedDataset(self.dataset, config.data.augment, config.seed), batch_sampler=self.sampler, num_workers=config.data.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
         model = config.model
