@@ -53,11 +53,13 @@ def test_smoke_run_writes_a_complete_run_folder(tmp_path):
     assert (run / "config.yaml").read_text().startswith("data:")
 
 
-def test_resume_in_process_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("augment", [[], ["data.augment.scale=0.1", "data.augment.rotate=10", "data.augment.erase=0.5"]], ids=["flips", "augment"])
+def test_resume_in_process_gives_the_same_weights(tmp_path, augment):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert _run([SMOKE, "--out", str(straight), *sum((["--set", s] for s in TINY), [])]) == 0
-    # Stop at step 5 (checkpoints at 3 and 5) without changing the schedule, then continue to 8.
-    assert _run([SMOKE, "--out", str(interrupted), *sum((["--set", s] for s in TINY + ["schedule.stop_after_steps=5"]), [])]) == 0
+    settings = TINY + augment + ["schedule.max_steps=14"]  # 14 steps of 8 from 96 images: two epochs
+    assert _run([SMOKE, "--out", str(straight), *sum((["--set", s] for s in settings), [])]) == 0
+    # Stop at step 5 (checkpoints at 3 and 5) without changing the schedule, then continue.
+    assert _run([SMOKE, "--out", str(interrupted), *sum((["--set", s] for s in settings + ["schedule.stop_after_steps=5"]), [])]) == 0
     assert load_checkpoint(list_checkpoints(interrupted)[0])["step"] == 5
     assert _run(["--resume", str(interrupted), "--set", "schedule.stop_after_steps=0"]) == 0
     _assert_same_weights(_final_weights(straight), _final_weights(interrupted))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-__all__ = ["AugmentConfig", "augment_face"]
+__all__ = ["AugmentConfig", "augment_face", "similarity_warp"]
 
 
 @dataclass
@@ -51,16 +51,34 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def _geometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """One random similarity transform about the image center; borders repeat the edge pixels."""
-    zoom = _uniform(generator, 1 - config.scale, 1 + config.scale)
-    angle = math.radians(_uniform(generator, -config.rotate, config.rotate))
-    dx, dy = (_uniform(generator, -2 * config.shift, 2 * config.shift) for _ in range(2))  # grid units span 2
-    # affine_grid maps output coordinates to input ones, so the inverse of "zoom by z" is a 1/z scale.
+def similarity_warp(image: torch.Tensor, zoom: float, degrees: float, shift_x: float, shift_y: float) -> torch.Tensor:
+    """Zoom by ``zoom`` and rotate by ``degrees`` about the center, then shift; bilinear, edges repeated.
+
+    Args:
+        image: (C, H, W) float.
+        shift_x, shift_y: translation as a fraction of the image width / height (positive: right / down).
+
+    Returns:
+        (C, H, W): output pixel p shows input point ``R^-1 (p - c - t) / zoom + c`` (c: center, t: shift
+        in pixels, R: the rotation), sampled bilinearly.
+    """
+    # affine_grid maps each output location (normalized to [-1, 1]) to the input location it shows.
+    angle = math.radians(degrees)
     cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
-    theta = torch.tensor([[[cos, -sin, dx], [sin, cos, dy]]], dtype=image.dtype)
+    height, width = image.shape[-2:]
+    tx, ty = 2 * shift_x, 2 * shift_y  # normalized units: the image spans 2
+    # input = A (output - t), with A = R^-1 / zoom = [[cos, sin], [-sin, cos]] / zoom; aspect-corrected.
+    a11, a12, a21, a22 = cos, sin * height / width, -sin * width / height, cos
+    theta = torch.tensor([[[a11, a12, -(a11 * tx + a12 * ty)], [a21, a22, -(a21 * tx + a22 * ty)]]], dtype=image.dtype)
     grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
     return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def _geometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    zoom = _uniform(generator, 1 - config.scale, 1 + config.scale)
+    degrees = _uniform(generator, -config.rotate, config.rotate)
+    shift_x, shift_y = (_uniform(generator, -config.shift, config.shift) for _ in range(2))
+    return similarity_warp(image, zoom, degrees, shift_x, shift_y)
 
 
 def augment_face(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
