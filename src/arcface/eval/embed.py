@@ -63,28 +63,29 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
     return model_device if model_device is not None and device.index is None else device
 
 
-def _image_of(item: object) -> torch.Tensor:
-    """An image from a dataset item: the item itself, or the first element of ``(image, label)``."""
+def _split(item: object) -> tuple[torch.Tensor, object]:
+    """(image, extra) from a dataset item: the item itself, or ``(image, extra, ...)``."""
     if isinstance(item, (tuple, list)):
-        item = item[0]
-    return torch.as_tensor(item)
+        return torch.as_tensor(item[0]), item[1] if len(item) > 1 else None
+    return torch.as_tensor(item), None
 
 
 def _batches(
     images: Iterable | Dataset, batch_size: int, num_workers: int, pin_memory: bool
-) -> tuple[Iterator[torch.Tensor], int | None]:
-    """(B, 3, H, W) batches from a Dataset (through a DataLoader) or any iterable of (3, H, W) images."""
+) -> tuple[Iterator[tuple[torch.Tensor, object]], int | None]:
+    """(B, 3, H, W) batches (and the items' extras) from a Dataset or any iterable of (3, H, W) images."""
     if isinstance(images, Dataset) and hasattr(images, "__len__"):
         loader = DataLoader(
             images, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory
         )
-        return (_image_of(batch) for batch in loader), len(images)
+        return (_split(batch) for batch in loader), len(images)
     total = len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
     iterator = iter(images)
 
-    def generate() -> Iterator[torch.Tensor]:
+    def generate() -> Iterator[tuple[torch.Tensor, object]]:
         while chunk := list(itertools.islice(iterator, batch_size)):
-            yield torch.stack([_image_of(item) for item in chunk])
+            pieces = [_split(item) for item in chunk]
+            yield torch.stack([image for image, _ in pieces]), [extra for _, extra in pieces]
 
     return generate(), total
 
@@ -99,6 +100,8 @@ def embed_images(
     channels_last: bool = False,
     progress: bool = False,
     num_workers: int = 0,
+    normalize: bool = True,
+    collect: list | None = None,
 ) -> np.ndarray:
     """Embed aligned faces with ``model``: (N, D) float32, each row L2-normalized.
 
@@ -114,6 +117,10 @@ def embed_images(
         channels_last: feed the model NHWC-strided batches (faster convolutions on recent GPUs).
         progress: show a progress bar.
         num_workers: DataLoader workers when ``images`` is a Dataset.
+        normalize: L2-normalize each row; False gives the raw (flip-summed) embeddings, whose norm
+            IJB template pooling uses as a quality weight.
+        collect: when a list, the second element of each dataset item (a label, how the image was
+            aligned, ...) is appended to it, one per image.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -125,7 +132,9 @@ def embed_images(
     model.eval()
     try:
         with torch.no_grad(), tqdm(total=total, desc="embed", unit="img", disable=not progress) as bar:
-            for batch in batches:
+            for batch, extra in batches:
+                if collect is not None:
+                    collect.extend(extra.tolist() if isinstance(extra, torch.Tensor) else list(extra))
                 if batch.ndim != 4:
                     raise ValueError(f"expected (3, H, W) images, got a batch of shape {tuple(batch.shape)}")
                 count = batch.shape[0]
@@ -141,7 +150,7 @@ def embed_images(
                 features = features.float()
                 if flip_test:
                     features = features[:count] + features[count:]
-                outputs.append(F.normalize(features, dim=1).cpu())
+                outputs.append((F.normalize(features, dim=1) if normalize else features).cpu())
                 bar.update(count)
     finally:
         model.train(was_training)

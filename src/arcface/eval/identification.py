@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .verification import rate_key
+
 __all__ = ["IdentificationResult", "identify"]
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,6 @@ _VALUES = 2**24
 # Rows must have norm 1 within this tolerance (float16-stored features included).
 _NORM_TOLERANCE = 1e-3
 
-
-def _rate_key(rate: float) -> str:
-    """0.01 -> "1e-2", 0.005 -> "5e-3": a JSON key that reads like the papers' tables."""
-    mantissa, exponent = f"{rate:.12e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 @dataclass(frozen=True, eq=False)  # arrays inside: == would be ambiguous
@@ -92,8 +89,8 @@ class IdentificationResult:
         keys like "1e-2", and the counts."""
         result: dict = {f"rank{k}": self.rank_rate(k) for k in self.ranks}
         result["cmc"] = [float(rate) for rate in self.cmc]
-        result["tpir_at_fpir"] = {_rate_key(f): tpir for f, tpir in self.tpir_at_fpir.items()}
-        result["fpir_thresholds"] = {_rate_key(f): t for f, t in self.fpir_thresholds.items()}
+        result["tpir_at_fpir"] = {rate_key(f): tpir for f, tpir in self.tpir_at_fpir.items()}
+        result["fpir_thresholds"] = {rate_key(f): t for f, t in self.fpir_thresholds.items()}
         result.update(
             num_mated_probes=self.num_mated,
             num_non_mated_probes=self.num_non_mated,

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.errors import DataError
-from .verification import FAR_TARGETS, eer, roc, tar_at_far
+from .verification import FAR_TARGETS, eer, rate_key, roc, tar_at_far
 
 __all__ = [
     "IJBMeta",
@@ -349,11 +349,6 @@ def template_features(
 # ------------------------------------------------------------------------------------ verification
 
 
-def _rate_key(rate: float) -> str:
-    """1e-4 -> "1e-4", 0.005 -> "5e-3": a JSON key that reads like the papers' tables."""
-    mantissa, exponent = f"{rate:.12e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
 
 @dataclass(frozen=True, eq=False)  # arrays inside: == would be ambiguous
 class IJBResult:
@@ -386,7 +381,7 @@ class IJBResult:
     def to_dict(self) -> dict:
         """JSON-ready scalars; FAR keys as strings like "1e-4"."""
         return {
-            "tar_at_far": {_rate_key(far): tar for far, tar in self.tar_at_far.items()},
+            "tar_at_far": {rate_key(far): tar for far, tar in self.tar_at_far.items()},
             "eer": self.eer,
             "auc": self.auc,
             "num_pairs": self.num_pairs,
@@ -487,7 +482,7 @@ def verify_templates(
         "%d pairs of %d templates: %s, EER %.4f",
         result.num_pairs,
         result.num_templates,
-        ", ".join(f"TAR@FAR={_rate_key(f)} {'n/a' if t is None else f'{t:.4f}'}" for f, t in result.tar_at_far.items()),
+        ", ".join(f"TAR@FAR={rate_key(f)} {'n/a' if t is None else f'{t:.4f}'}" for f, t in result.tar_at_far.items()),
         result.eer,
     )
     return result

@@ -28,6 +28,12 @@ __all__ = [
 FAR_TARGETS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
+def rate_key(rate: float) -> str:
+    """1e-4 -> "1e-4", 0.005 -> "5e-3": a JSON key for a FAR/FPIR that reads like the papers' tables."""
+    mantissa, exponent = f"{rate:.12e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 @dataclass(frozen=True, eq=False)  # arrays inside: == would be ambiguous
 class VerificationResult:
     """What :func:`kfold_accuracy` found.
