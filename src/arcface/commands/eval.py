@@ -41,7 +41,8 @@ def _format_summary(report: dict) -> str:
     if protocol in ("pairs", "bin"):
         tars = ", ".join(f"TAR@FAR={k} {v:.4f}" for k, v in report["tar_at_far"].items() if v is not None)
         return (f"{report['num_folds']}-fold accuracy {100 * report['accuracy']:.2f}% +- {100 * report['accuracy_std']:.2f}% "
-                f"(best-threshold {100 * report['best_threshold_accuracy']:.2f}%), EER {100 * report['eer']:.2f}%, {tars}; "
+                f"(best-threshold {100 * report['best_threshold_accuracy']:.2f}%)"
+                + (f", EER {100 * report['eer']:.2f}%, {tars}" if report["eer"] is not None else "") + "; "
                 f"{report['num_pairs']} pairs, {report['num_images']} images {report['alignment']}, {report['seconds']:.1f} s")
     if protocol == "ijb":
         tars = ", ".join(f"TAR@FAR={k} {v:.4f}" for k, v in report["tar_at_far"].items() if v is not None)
@@ -92,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         report, curve = evaluate_ijb(model, info, args.ijb, args.ijb_name, options, use_detector_score=not args.no_detector_score)
     else:
         report = evaluate_identification(model, info, args.gallery, args.probes, options, distractors=args.distractors)
+    if args.roc and curve is None:
+        log.warning("no ROC to plot (the pairs are all of one kind); %s not written", args.roc)
     if args.roc and curve is not None:
         plot_roc({Path(args.model).name: curve}, args.roc, title=f"ROC: {report['protocol']} {Path(args.pairs or args.bin or args.ijb).name}")
         report["roc_png"] = str(args.roc)

@@ -156,9 +156,12 @@ def _pair_scores(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray, me
     return cosine if metric == "cosine" else -(2.0 - 2.0 * cosine)
 
 
-def _verification_report(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, metric: str) -> tuple[dict, tuple]:
+def _verification_report(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, metric: str) -> tuple[dict, tuple | None]:
     result = kfold_accuracy(scores, same, folds)
-    far, tar, _ = roc(scores, same)
+    both_kinds = 0 < np.count_nonzero(same) < len(same)
+    if not both_kinds:
+        logger.warning("all %d pairs are %s pairs: no ROC, TAR@FAR or EER", len(same), "same" if same.all() else "different")
+    far, tar = roc(scores, same)[:2] if both_kinds else (None, None)
     sign = 1.0 if metric == "cosine" else -1.0  # report an L2 threshold as a positive distance
     report = {
         "accuracy": result.accuracy_mean,
@@ -168,13 +171,13 @@ def _verification_report(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
         "threshold": sign * result.threshold,
         "threshold_meaning": "same person when cosine > threshold" if metric == "cosine"
         else "same person when squared L2 distance < threshold",
-        "tar_at_far": {rate_key(f): t for f, t in tar_at_far(scores, same, FAR_TARGETS).items()},
-        "eer": eer(scores, same),
+        "tar_at_far": {rate_key(f): t for f, t in tar_at_far(scores, same, FAR_TARGETS).items()} if both_kinds else {},
+        "eer": eer(scores, same) if both_kinds else None,
         "num_pairs": int(len(scores)),
         "num_same": int(np.count_nonzero(same)),
         "num_folds": int(len(result.folds)),
     }
-    return report, (far, tar)
+    return report, (far, tar) if both_kinds else None
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, title: str = "ROC") -> None:
@@ -209,7 +212,7 @@ def _base_report(protocol: str, info: ModelInfo, options: EvalOptions, **fields)
 def evaluate_pairs(
     model: nn.Module, info: ModelInfo, pairs_file: str | os.PathLike, images_root: str | os.PathLike,
     options: EvalOptions, n_folds: int = 10,
-) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """K-fold verification on an LFW-format pairs file (or our TSV pairs) over an image folder.
 
     Folds: the file's own (View 2 ``pairs.txt``: 10 folds of 300 same + 300 different); a file with
@@ -249,7 +252,7 @@ def evaluate_pairs(
 
 def evaluate_bin(
     model: nn.Module, info: ModelInfo, bin_path: str | os.PathLike, options: EvalOptions, n_folds: int = 10
-) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """K-fold verification on an insightface ``.bin`` (aligned pairs; consecutive folds as insightface)."""
     from .embed import bin_folds
 
