@@ -1,4 +1,4 @@
-"""``arcface data pack | unpack | align``: dataset formats and face alignment."""
+"""``arcface data pack | unpack | align | download | corrupt``: dataset formats, face alignment, label noise."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def _pack(args: argparse.Namespace) -> int:
         raise CommandError(f"{out}: the output must be a .rec path (the .idx and property are written beside it)")
     counts = pack_folder(args.folder, out)
     sys.stdout.write(json.dumps(counts) + "\n")
+    return 0
+
+
+def _corrupt(args: argparse.Namespace) -> int:
+    from ..clean.noise import write_noisy_dataset
+
+    if Path(args.out).resolve() == Path(args.data).resolve():
+        raise CommandError("--out must differ from the input dataset")
+    report = write_noisy_dataset(args.data, args.out, args.rate, args.kind, args.seed, args.outside)
+    sys.stdout.write(json.dumps(report) + "\n")
     return 0
 
 
@@ -108,3 +118,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     download.add_argument("what", choices=["lfw", "yunet"])
     download.add_argument("--out", required=True, help="destination folder")
     download.set_defaults(handler=_download)
+
+    corrupt = actions.add_parser(
+        "corrupt", help="inject label noise with a ground truth (to measure cleaning): OUT/train.txt, truth.tsv, report.json",
+        description="closed: relabel a fraction of the samples to other identities of the set; open: replace a fraction "
+        "of the images by faces of identities outside the set (--outside), labels kept. The dataset size is unchanged.",
+    )
+    corrupt.add_argument("data", help="image folder (identity/image) or 'path label' list file")
+    corrupt.add_argument("--rate", type=float, required=True, help="fraction of noisy samples, e.g. 0.3")
+    corrupt.add_argument("--kind", choices=["closed", "open"], required=True)
+    corrupt.add_argument("--seed", type=int, default=0)
+    corrupt.add_argument("--outside", help="open-set: folder or list of images of identities not in the data")
+    corrupt.add_argument("--out", required=True, help="output folder")
+    corrupt.set_defaults(handler=_corrupt)

@@ -66,7 +66,8 @@ class HeadConfig:
     m1: float | None = None
     m2: float | None = None
     m3: float | None = None
-    sub_centers: int = 1
+    sub_centers: int | None = None  # None: the preset's (subcenter_arcface: 3, the others: 1)
+    init_from: str | None = None  # (C, D) centers to start from: dominant_centers.pt of `arcface clean` (fine-tuning)
     sample_rate: float = 1.0  # partial FC: fraction of each rank's class centers used per step
     options: dict = field(default_factory=dict)  # further create_head arguments (pi_region, intra_weight, ...)
 
@@ -139,6 +140,7 @@ class TrainConfig:
             (self.optim.accumulation >= 1, "optim.accumulation must be >= 1"),
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0"),
             (0 < self.head.sample_rate <= 1, "head.sample_rate must be in (0, 1]"),
+            (self.head.sub_centers is None or self.head.sub_centers >= 1, "head.sub_centers must be >= 1"),
             (self.schedule.epochs > 0 or self.schedule.max_steps > 0 or self.schedule.time_budget_minutes > 0,
              "one of schedule.epochs, schedule.max_steps, schedule.time_budget_minutes must be > 0"),
             (0 <= self.schedule.warmup_fraction < 1, "schedule.warmup_fraction must be in [0, 1)"),

@@ -30,10 +30,12 @@ def build_training_head(config: HeadConfig, num_classes: int, embedding_size: in
     if world_size == 1 and config.sample_rate == 1.0:
         kwargs = dict(config.options)
         if config.name != "softmax":
-            kwargs.update(_margins(config), sub_centers=config.sub_centers)
+            kwargs.update(_margins(config))
+            if config.sub_centers is not None:
+                kwargs["sub_centers"] = config.sub_centers
         head = create_head(config.name, num_classes=num_classes, embedding_size=embedding_size, **kwargs)
     else:
-        if config.name not in COMBINED_PRESETS or config.sub_centers != 1:
+        if config.name not in COMBINED_PRESETS or config.sub_centers not in (None, 1):
             raise ValueError(
                 f"several processes or head.sample_rate < 1 need the model-parallel head, which supports the "
                 f"presets {sorted(COMBINED_PRESETS)} without sub-centers; got head.name={config.name!r}, "
@@ -47,7 +49,24 @@ def build_training_head(config: HeadConfig, num_classes: int, embedding_size: in
     if not isinstance(head, PartialFCHead):  # PartialFCHead draws its own shard the same way
         with torch.no_grad():
             head.weight.copy_(seeded_normal_rows(seed, 0, head_rows(head, num_classes), embedding_size, INIT_STD))
+    if config.init_from:
+        load_head_full_state(head, {**head_full_state(head), "weight": initial_centers(config.init_from, head_rows(head, num_classes), embedding_size)})
     return head
+
+
+def initial_centers(path: str, rows: int, embedding_size: int) -> torch.Tensor:
+    """(rows, D) class centers from a file holding ``{"weight": tensor}`` (``arcface clean``'s dominant_centers.pt)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"head.init_from: {path} not found") from None
+    except Exception as error:
+        raise ValueError(f"head.init_from: cannot read {path} ({type(error).__name__}: {error})") from None
+    weight = state.get("weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (rows, embedding_size):
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+        raise ValueError(f"head.init_from: {path} must hold weight of shape ({rows}, {embedding_size}) for this head, found {shape}")
+    return weight.float()
 
 
 def head_rows(head: nn.Module, num_classes: int) -> int:
