@@ -1,8 +1,8 @@
 """`arcface eval` on real faces: the independent MobileFaceNet, LFW, insightface's test .bin.
 
 The slow tests reproduce the numbers an independent script measured for that model on LFW View 2
-(pairs.txt, 10 folds of the file): 98.95% with YuNet 5-point alignment, 95.97% with a 140-pixel
-center crop. We must land within 0.2 points of each.
+(pairs.txt, 10 folds of the file): 98.95% with YuNet 5-point alignment of the largest detected face,
+95.97% with a 140-pixel center crop. We must land within 0.2 points of each.
 """
 
 import json
@@ -47,7 +47,13 @@ def test_bin_through_the_command_matches_verify_bin(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("align, expected", [(["--align", "auto"], 0.9895), (["--align", "center", "--crop-size", "140"], 0.9597)], ids=["yunet", "center_crop"])
+@pytest.mark.parametrize(
+    "align, expected",
+    # The independent script aligned the largest detected face; our default (the face nearest the
+    # image center) is right more often on LFW and measures 99.28%.
+    [(["--align", "auto", "--face-choice", "largest"], 0.9895), (["--align", "center", "--crop-size", "140"], 0.9597)],
+    ids=["yunet_largest_face", "center_crop"],
+)
 def test_mobilefacenet_on_lfw_view2_reproduces_the_independent_measurement(tmp_path, align, expected):
     lfw = shared_path("data/lfw_deepfunneled")
     out = tmp_path / "report.json"

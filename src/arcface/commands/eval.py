@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"--out {out}: is a folder; give the report's file name (e.g. report.json)")
     images_root = Path(args.images) if args.images else (Path(args.ijb) if args.ijb else (Path(args.gallery) if args.gallery else None))
     options = EvalOptions(
-        align=args.align, detector=find_detector(args.detector, images_root), crop_size=args.crop_size,
+        align=args.align, detector=find_detector(args.detector, images_root), crop_size=args.crop_size, face_choice=args.face_choice,
         flip_test=not args.no_flip, metric=args.metric, batch_size=args.batch_size, workers=args.workers,
         device=_device(args.device), precision=args.precision,
         cache_dir=None if args.no_cache else str(args.cache or default_cache_dir()), progress=not args.quiet,
@@ -150,6 +150,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                         help="auto: 112x112 images as they are, others aligned with YuNet (default); yunet: always detect; "
                         "none: as they are (resized if needed); center: center crop, no detector")
     images.add_argument("--detector", help="YuNet .onnx (default $ARCFACE_DETECTOR or models/yunet/*.onnx above the images)")
+    images.add_argument("--face-choice", default="center", choices=["center", "score", "largest"],
+                        help="which face of a several-face image to align: nearest the center (default), most confident, largest")
     images.add_argument("--crop-size", type=int, help="center crop side in pixels (default half the short side)")
     run = parser.add_argument_group("scoring and running")
     run.add_argument("--metric", default="cosine", choices=["cosine", "l2"], help="pair score (same accuracy; threshold units differ)")

@@ -26,6 +26,7 @@ __all__ = [
     "warp_face",
     "center_crop_face",
     "choose_face",
+    "FACE_CHOICES",
     "AlignedFace",
     "FaceAligner",
 ]
@@ -107,10 +108,24 @@ def center_crop_face(image: np.ndarray, fraction: float = 0.5, size: int = ALIGN
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
 
 
-def choose_face(detections: list[Detection], image_shape: tuple[int, ...]) -> Detection:
-    """The detection whose box center is nearest the image center (ties: higher score)."""
+FACE_CHOICES = ("center", "score", "largest")
+
+
+def choose_face(detections: list[Detection], image_shape: tuple[int, ...], rule: str = "center") -> Detection:
+    """The face to keep from an image's detections.
+
+    Rules: "center" (default): box center nearest the image center, ties to the higher score, right
+    for datasets whose subject is centered (LFW, most crawled face crops); "score": the most
+    confident detection; "largest": the largest box.
+    """
     if not detections:
         raise ValueError("no detections to choose from")
+    if rule == "score":
+        return max(detections, key=lambda detection: detection.score)
+    if rule == "largest":
+        return max(detections, key=lambda detection: (float(detection.box[2] * detection.box[3]), detection.score))
+    if rule != "center":
+        raise ValueError(f"face choice must be one of {', '.join(FACE_CHOICES)}, got {rule!r}")
     center = np.array([image_shape[1] / 2.0, image_shape[0] / 2.0])
 
     def distance(detection: Detection) -> tuple[float, float]:
@@ -179,9 +194,12 @@ class FaceAligner:
         size: side of the aligned crop.
     """
 
-    def __init__(self, detector: FaceDetector | str | Path, size: int = ALIGNED_SIZE):
+    def __init__(self, detector: FaceDetector | str | Path, size: int = ALIGNED_SIZE, face_choice: str = "center"):
+        if face_choice not in FACE_CHOICES:
+            raise ValueError(f"face choice must be one of {', '.join(FACE_CHOICES)}, got {face_choice!r}")
         self.detector = detector if isinstance(detector, FaceDetector) else FaceDetector(detector)
         self.size = size
+        self.face_choice = face_choice
 
     def align(self, image_bgr: np.ndarray, all_faces: bool = False) -> list[AlignedFace]:
         """Aligned faces of a BGR image: the one nearest the center, or all (best score first).
@@ -194,5 +212,5 @@ class FaceAligner:
         """Aligned crops for detections already made on this image (see ``align``)."""
         if not detections:
             return []
-        chosen = detections if all_faces else [choose_face(detections, image_bgr.shape)]
+        chosen = detections if all_faces else [choose_face(detections, image_bgr.shape, self.face_choice)]
         return [AlignedFace(warp_face(image_bgr, d.landmarks, self.size), d) for d in chosen]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.align import FACE_CHOICES
 from ..data.align_job import list_images
 from ..data.binset import read_bin
 from ..data.errors import DataError
@@ -46,6 +47,7 @@ class EvalOptions:
     align: str = "auto"  # auto | yunet | none | center (see FaceImages)
     detector: str | None = None  # YuNet .onnx, for alignment on the fly
     crop_size: int | None = None  # center crop side in pixels (center mode and the no-face fallback)
+    face_choice: str = "center"  # several faces in an image: center | score | largest
     flip_test: bool = True  # embedding of an image = f(x) + f(mirror(x))
     metric: str = "cosine"  # cosine | l2 (squared L2 distance of the normalized embeddings)
     batch_size: int = 64
@@ -58,6 +60,7 @@ class EvalOptions:
     def validate(self) -> None:
         checks = [
             (self.align in ALIGN_MODES, f"align must be one of {', '.join(ALIGN_MODES)}, got {self.align!r}"),
+            (self.face_choice in FACE_CHOICES, f"face choice must be one of {', '.join(FACE_CHOICES)}, got {self.face_choice!r}"),
             (self.metric in ("cosine", "l2"), f"metric must be cosine or l2, got {self.metric!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
@@ -93,7 +96,7 @@ class _TaggedBin(Dataset):
 
 def _cache_settings(info: ModelInfo, options: EvalOptions, source: dict) -> dict:
     detector = file_fingerprint(options.detector) if options.detector and Path(options.detector).is_file() else None
-    return {"model": info.to_dict(), "align": options.align, "detector": detector, "crop_size": options.crop_size,
+    return {"model": info.to_dict(), "align": options.align, "detector": detector, "crop_size": options.crop_size, "face_choice": options.face_choice,
             "flip_test": options.flip_test, "precision": options.precision, **source}
 
 
@@ -230,7 +233,7 @@ def evaluate_pairs(
     index = {name: i for i, name in enumerate(names)}
 
     def make_dataset(subset: list[str]) -> Dataset:
-        return FaceImages(subset, root, options.align, options.detector, options.crop_size)
+        return FaceImages(subset, root, options.align, options.detector, options.crop_size, face_choice=options.face_choice)
 
     embeddings, preps, stats = embed_named(model, info, names, make_dataset, options, {"images": str(root.resolve())})
     left = np.array([index[p.left] for p in pairs])
@@ -308,7 +311,8 @@ def evaluate_ijb(
 
     def make_dataset(subset: list[str]) -> Dataset:
         landmarks = None if meta.landmarks is None else meta.landmarks[[position[n] for n in subset]]
-        return FaceImages(subset, image_dir, options.align, options.detector, options.crop_size, landmarks=landmarks)
+        return FaceImages(subset, image_dir, options.align, options.detector, options.crop_size, landmarks=landmarks,
+                          face_choice=options.face_choice)
 
     embeddings, preps, stats = embed_named(model, info, names, make_dataset, options, {"ijb": str(Path(root).resolve()), "name": name})
     use_scores = use_detector_score and meta.scores is not None
@@ -354,7 +358,7 @@ def evaluate_identification(
         names, identities = _identity_folder(root, what, labelled)
 
         def make_dataset(subset: list[str], root: Path = root) -> Dataset:
-            return FaceImages(subset, root, options.align, options.detector, options.crop_size)
+            return FaceImages(subset, root, options.align, options.detector, options.crop_size, face_choice=options.face_choice)
 
         embeddings, preps, stats[what] = embed_named(model, info, names, make_dataset, options, {"images": str(root.resolve())})
         features[what], labels[what], alignment[what] = _normalized(embeddings), identities, count_preps(preps)

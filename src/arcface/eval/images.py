@@ -66,6 +66,7 @@ class FaceImages(Dataset):
         detector: YuNet .onnx path, needed for "auto" (when an image is not 112x112) and "yunet".
         crop_size: side in pixels of the center crop ("center" mode and the no-face fallback).
         landmarks: (N, 5, 2) per-image landmarks (e.g. IJB's), used instead of detection.
+        face_choice: which detection of a several-face image to align ("center", "score", "largest").
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class FaceImages(Dataset):
         detector: str | os.PathLike | None = None,
         crop_size: int | None = None,
         landmarks: np.ndarray | None = None,
+        face_choice: str = "center",
     ):
         if align not in ALIGN_MODES:
             raise ValueError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
@@ -88,6 +90,7 @@ class FaceImages(Dataset):
         self.paths, self.root = list(paths), Path(root)
         self.align, self.detector, self.crop_size = align, detector, crop_size
         self.landmarks = landmarks
+        self.face_choice = face_choice
         self.transform = FaceTransform(flip=0.0)
         self._aligner: FaceAligner | None = None  # created in each DataLoader worker (cv2 objects do not pickle)
 
@@ -112,7 +115,7 @@ class FaceImages(Dataset):
                 f"or --align center / --align none"
             )
         if self._aligner is None:
-            self._aligner = FaceAligner(FaceDetector(self.detector))
+            self._aligner = FaceAligner(FaceDetector(self.detector), face_choice=self.face_choice)
         faces = self._aligner.align(image)
         if faces:
             return faces[0].image, Prep.DETECTED
