@@ -63,6 +63,11 @@ def test_choose_face_prefers_the_center():
     edge = Detection(np.array([0.0, 0.0, 50.0, 50.0]), landmarks, 0.99)
     center = Detection(np.array([80.0, 80.0, 40.0, 40.0]), landmarks, 0.7)
     assert choose_face([edge, center], (200, 200, 3)) is center
+    large = Detection(np.array([100.0, 100.0, 90.0, 90.0]), landmarks, 0.8)
+    assert choose_face([edge, center, large], (200, 200, 3), "score") is edge
+    assert choose_face([edge, center, large], (200, 200, 3), "largest") is large
+    with pytest.raises(ValueError, match="face choice"):
+        choose_face([edge], (200, 200, 3), "biggest")
 
 
 def test_center_crop_fallback_shape():
