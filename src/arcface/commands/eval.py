@@ -81,7 +81,9 @@ def _run(args: argparse.Namespace) -> int:
     options.validate()
     model, info = load_face_model(args.model, architecture=args.arch, input_mean=args.input_mean, input_std=args.input_std,
                                   input_layout=args.input_layout, bgr=args.bgr)
-    if info.kind != "onnx":
+    if info.kind == "onnx":
+        options.device = "cpu"  # batches stay on the host; onnxruntime picks its own provider (CUDA when installed)
+    else:
         model = model.to(options.device)
     log.info("evaluating %s", info.describe())
     curve = None
