@@ -1,0 +1,83 @@
+"""``arcface invert CHECKPOINT``: faces of class centers or embeddings, from the trained model alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import CommandError
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def _classes(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CommandError(f"--classes expects comma-separated class indices, got {text!r}") from None
+    if not values:
+        raise CommandError("--classes is empty")
+    return values
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..invert.inversion import InversionConfig
+    from ..invert.job import run_inversion
+    from .eval import _device, find_detector
+
+    embeddings = None
+    if args.embeddings:
+        path = Path(args.embeddings)
+        if not path.is_file():
+            raise CommandError(f"{path}: embeddings file not found")
+        try:
+            embeddings = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise CommandError(f"{path}: not a .npy array ({error})") from None
+    config = InversionConfig(steps=args.steps, lambda_bn=args.lambda_bn, lr=args.lr, jitter=args.jitter, flip=not args.no_flip,
+                             seed=args.seed, precision=args.precision, device=_device(args.device))
+    photos = args.embedding_of
+    report = run_inversion(
+        args.checkpoint, args.out, config, classes=_classes(args.classes) if args.classes else None, photos=photos,
+        embeddings=embeddings, starts=args.starts, batch=args.batch, align=args.align,
+        detector=find_detector(args.detector, Path(photos[0]).parent if photos else None), progress=not args.quiet,
+    )
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser(
+        "invert", help="generate faces of class centers (close-set) or of embeddings (open-set) from a checkpoint",
+        description="Optimize images from noise so that the model sees the target: margin loss toward a class "
+        "center (--classes) or L2 to an embedding (--embedding-of PHOTO, --embeddings FILE.npy), plus lambda_bn "
+        "times the distance of the images' BatchNorm statistics to those stored in the model. Writes a PNG grid "
+        "per target (one column per random start), the single images, targets.json and history.json.",
+    )
+    parser.add_argument("checkpoint", help="training checkpoint .pt or run folder (a backbone with BatchNorm)")
+    targets = parser.add_mutually_exclusive_group(required=True)
+    targets.add_argument("--classes", help="close-set: comma-separated class indices, e.g. 0,5,17")
+    targets.add_argument("--embedding-of", nargs="+", metavar="PHOTO", help="open-set: photos whose embeddings to invert")
+    targets.add_argument("--embeddings", help="open-set: a .npy file of (T, D) embeddings")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lambda-bn", type=float, default=0.05, help="weight of the BatchNorm-statistics prior (paper: 0.05)")
+    parser.add_argument("--batch", type=int, default=16, help="images optimized together (BN statistics are over the batch)")
+    parser.add_argument("--starts", type=int, default=4, help="random starts per target (columns of each grid)")
+    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate on the pixels (cosine decay)")
+    parser.add_argument("--jitter", type=int, default=4, help="random shift per step in pixels (0: off)")
+    parser.add_argument("--no-flip", action="store_true", help="no random mirroring per step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--align", default="auto", choices=["auto", "yunet", "none", "center"], help="how --embedding-of photos are prepared")
+    parser.add_argument("--detector", help="YuNet .onnx for photos that need alignment")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--quiet", action="store_true")
+    parser.set_defaults(handler=_run)

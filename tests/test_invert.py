@@ -1,0 +1,130 @@
+"""Inversion: the BN prior against a literal reference, the losses falling, seeds, outputs, bad input."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from arcface.backbones import create_backbone
+from arcface.cli import main
+from arcface.data.errors import DataError
+from arcface.invert import BNStatistics, InversionConfig, invert_classes, invert_embeddings, load_for_inversion
+from arcface.train.config import TrainConfig, config_to_dict
+from arcface.train.head_state import build_training_head
+
+
+class Tiny(nn.Module):
+    """(B, 3, 112, 112) -> (B, 8) with two BatchNorm2d layers holding non-trivial running statistics."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, stride=4), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 6, 3, stride=4), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 * 7 * 7, 8)  # flattened, so the embedding's direction follows the image
+        for bn in (self.bn1, self.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.tanh(self.bn2(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+def reference_bn_loss(model: Tiny, images: torch.Tensor) -> float:
+    """Literal: per layer, per channel mean and std of the layer's input, then the two L2 norms."""
+    inputs = []
+    first = model.conv1(images)
+    inputs.append((first, model.bn1))
+    inputs.append((model.conv2(torch.relu(model.bn1(first))), model.bn2))  # the same path as forward
+    total = 0.0
+    for features, bn in inputs:
+        f = features.detach().double()
+        mean_gap, std_gap = 0.0, 0.0
+        for c in range(f.shape[1]):
+            values = f[:, c].flatten()
+            mean = values.sum() / values.numel()
+            std = torch.sqrt(((values - mean) ** 2).sum() / values.numel() + bn.eps)
+            mean_gap += float(mean - bn.running_mean[c].double()) ** 2
+            std_gap += float(std - torch.sqrt(bn.running_var[c].double() + bn.eps)) ** 2
+        total += mean_gap ** 0.5 + std_gap ** 0.5
+    return total
+
+
+def test_bn_prior_matches_the_literal_reference():
+    model = Tiny().eval()
+    images = torch.rand(5, 3, 112, 112) * 2 - 1
+    with BNStatistics(model) as prior:
+        model(images)
+        ours = prior.loss().detach()
+    assert float(ours) == pytest.approx(reference_bn_loss(model, images), rel=1e-4)
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        BNStatistics(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+def test_open_set_losses_fall_and_seeds_repeat():
+    model = Tiny()
+    target = torch.randn(2, 8)
+    config = InversionConfig(steps=40, lr=0.1, seed=3, jitter=0, flip=False)  # plain descent: the losses must fall
+    images, history = invert_embeddings(model, target, config, starts=2)
+    assert images.shape == (2, 2, 3, 112, 112) and images.min() >= -1 and images.max() <= 1
+    assert np.mean(history["task"][-5:]) < 0.1 * np.mean(history["task"][:5])
+    assert np.mean(history["bn"][-5:]) < 0.9 * np.mean(history["bn"][:5])
+    again, _ = invert_embeddings(model, target, config, starts=2)
+    assert torch.equal(images, again)
+    jittered = InversionConfig(steps=40, lr=0.1, seed=4)  # with shifts and mirrors (the defaults) too
+    other, history = invert_embeddings(model, target, jittered, starts=2)
+    assert np.mean(history["task"][-5:]) < np.mean(history["task"][:5])
+    assert not torch.equal(images, other)
+    assert all(p.requires_grad for p in model.parameters()) and model.training  # restored
+
+
+def test_close_set_drives_the_class_score_up():
+    model = Tiny()
+    head = build_training_head(TrainConfig().head, 5, 8, 0, 1, seed=0)
+    images, history = invert_classes(model, head, [1, 3], InversionConfig(steps=40, lr=0.1, jitter=0, flip=False), starts=1)
+    assert images.shape == (2, 1, 3, 112, 112)
+    assert history["task"][-1] < history["task"][0]
+    with pytest.raises(ValueError, match="outside"):
+        invert_classes(model, head, [7], InversionConfig(steps=1))
+
+
+def checkpoint(path, with_head=True):
+    config = TrainConfig()
+    config.model.backbone, config.model.embedding_size = "mobilefacenet", 16
+    torch.manual_seed(0)
+    backbone = create_backbone("mobilefacenet", embedding_size=16)
+    state = {"config": config_to_dict(config), "step": 1, "num_classes": 4 if with_head else 0, "backbone": backbone.state_dict(),
+             "head": {"weight": torch.randn(4, 16)} if with_head else {}}
+    torch.save(state, path)
+    return path
+
+
+def test_command_writes_grids_and_images(tmp_path):
+    ckpt = checkpoint(tmp_path / "c.pt")
+    out = tmp_path / "inv"
+    assert main(["invert", str(ckpt), "--classes", "0,2", "--steps", "2", "--starts", "2", "--batch", "4", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    grid = cv2.imread(str(out / "grid_class0.png"))
+    assert grid.shape == (112, 2 * 112 + 2, 3)
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["class0_0.png", "class0_1.png", "class2_0.png", "class2_1.png"]
+    assert json.loads((out / "targets.json").read_text())["targets"] == ["class0", "class2"]
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32))
+    assert main(["invert", str(ckpt), "--embeddings", str(tmp_path / "e.npy"), "--steps", "2", "--starts", "1",
+                 "--out", str(tmp_path / "inv2"), "--device", "cpu", "--quiet"]) == 0
+    assert (tmp_path / "inv2" / "grid_embedding0.png").is_file()
+
+
+def test_bad_input_is_refused(tmp_path, caplog):
+    no_head = checkpoint(tmp_path / "nohead.pt", with_head=False)
+    with pytest.raises(DataError, match="head"):
+        load_for_inversion(no_head, need_head=True)
+    assert main(["invert", str(no_head), "--classes", "0", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0,x", "--out", str(tmp_path / "x")]) == 2
+    assert "--classes expects" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["invert", "--help"])
