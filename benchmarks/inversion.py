@@ -1,0 +1,137 @@
+"""Identity of inverted faces, judged by an independent model (the MobileFaceNet, never used to invert).
+
+Close-set: invert ``--identities`` training classes of a model trained by the LFW recipe (from their
+class centers). Open-set: invert the embedding of one real photo (image 1 of a same-person pair of
+``pairsDevTest.txt``) of as many unseen people. The judge embeds every generated image and the real
+photos: close-set, all training photos of the chosen classes; open-set, the *other* photo of each
+pair (not the one that was inverted). Each identity's template is the normalized mean of its photos'
+embeddings. Printed per prior weight (``--lambdas``), one figure a line:
+
+    <set>_lambda<w>_rank1_pct       generated images whose nearest template (of the N) is their own
+    <set>_lambda<w>_cos_own         mean cosine to their own identity's template
+    <set>_lambda<w>_cos_others      mean cosine to the other identities' templates
+
+and PNG grids (``<out>/inversion_<set>_lambda<w>.png``: open-set rows start with the real photo).
+Chance rank-1 is 100/N %. Targets: close-set at least 50%, open-set at least 30% (N = 50).
+
+    .venv/bin/python benchmarks/inversion.py --run runs/lfw_full --train-list runs/cache/lfw_devtrain.txt \\
+        --aligned runs/cache/lfw_aligned --lfw ../shared/data/lfw_deepfunneled \\
+        --judge ../shared/data/models/mobilefacenet_onnx/mobilefacenet.onnx --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arcface.eval import embed_images, load_face_model
+from arcface.eval.images import FaceImages
+from arcface.invert import InversionConfig, invert_classes, invert_embeddings, load_for_inversion, save_grid
+
+log = logging.getLogger("benchmarks.inversion")
+
+
+def emit(key: str, value) -> None:
+    print(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}", flush=True)
+
+
+def class_photos(train_list: Path, aligned: Path) -> dict[int, list[str]]:
+    photos: dict[int, list[str]] = defaultdict(list)
+    for line in train_list.read_text().splitlines():
+        if line.strip():
+            path, label = line.rsplit(" ", 1)
+            photos[int(label)].append(str(aligned / Path(path).parent.name / Path(path).name))
+    return photos
+
+
+def unseen_people(pairs_file: Path, aligned: Path) -> list[tuple[str, str]]:
+    """(inverted photo, judge photo) of each person of the same-person pairs, first pair per person."""
+    seen, people = set(), []
+    for line in pairs_file.read_text().splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[0] not in seen:
+            name = fields[0]
+            seen.add(name)
+            people.append(tuple(str(aligned / name / f"{name}_{int(n):04d}.jpg") for n in fields[1:]))
+    return people
+
+
+def templates(judge, groups: list[list[str]]) -> torch.Tensor:
+    paths = [p for group in groups for p in group]
+    embeddings = torch.from_numpy(embed_images(judge, FaceImages(paths, "/", align="none"), batch_size=64))
+    rows, start = [], 0
+    for group in groups:
+        rows.append(torch.nn.functional.normalize(embeddings[start : start + len(group)].mean(0), dim=0))
+        start += len(group)
+    return torch.stack(rows)
+
+
+def judge_images(judge, images: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
+    """images (N, S, 3, H, W) of identity i in row i; gallery (N, D) templates."""
+    count, starts = images.shape[:2]
+    embeddings = torch.from_numpy(embed_images(judge, images.flatten(0, 1), batch_size=64))
+    cos = embeddings @ gallery.T  # (N*S, N)
+    own = torch.arange(count).repeat_interleave(starts)
+    rank1 = (cos.argmax(1) == own).double().mean().item()
+    own_cos = cos[torch.arange(len(own)), own]
+    others = (cos.sum(1) - own_cos) / (count - 1)
+    return {"rank1_pct": 100 * rank1, "cos_own": own_cos.mean().item(), "cos_others": others.mean().item()}
+
+
+def batched(invert_fn, targets, batch: int, starts: int):
+    per = max(1, batch // starts)
+    return torch.cat([invert_fn(targets[i : i + per]) for i in range(0, len(targets), per)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="checkpoint or run folder of the LFW recipe")
+    parser.add_argument("--train-list", type=Path, required=True)
+    parser.add_argument("--aligned", type=Path, required=True)
+    parser.add_argument("--lfw", type=Path, required=True)
+    parser.add_argument("--judge", required=True, help="independent ONNX face model, (x-127.5)/128")
+    parser.add_argument("--identities", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--starts", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.0])
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/inversion"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    args.aligned = args.aligned.resolve()  # images are read by absolute path
+    backbone, head, _ = load_for_inversion(args.run, need_head=True)
+    backbone = backbone.to(args.device)
+    judge, _ = load_face_model(args.judge, input_mean=127.5, input_std=128.0)
+    rng = np.random.default_rng(args.seed)
+    photos = class_photos(args.train_list, args.aligned)
+    classes = sorted(rng.choice(sorted(photos), size=args.identities, replace=False).tolist())
+    people = unseen_people(args.lfw / "pairsDevTest.txt", args.aligned)
+    people = [people[i] for i in sorted(rng.choice(len(people), size=args.identities, replace=False))]
+    closed_gallery = templates(judge, [photos[c] for c in classes])
+    open_gallery = templates(judge, [[judge_photo] for _, judge_photo in people])
+    targets = torch.from_numpy(embed_images(backbone, FaceImages([p for p, _ in people], "/", align="none"), device=args.device))
+    real = torch.stack([FaceImages([p], "/", align="none")[0][0] for p, _ in people])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for weight in args.lambdas:
+        config = InversionConfig(steps=args.steps, lambda_bn=weight, seed=args.seed, precision=args.precision, device=args.device)
+        closed = batched(lambda chunk: invert_classes(backbone, head, chunk, config, args.starts)[0], classes, args.batch, args.starts)
+        opened = batched(lambda chunk: invert_embeddings(backbone, chunk, config, args.starts)[0], targets, args.batch, args.starts)
+        for name, images, gallery in (("closeset", closed, closed_gallery), ("openset", opened, open_gallery)):
+            for key, value in judge_images(judge, images, gallery).items():
+                emit(f"{name}_lambda{weight:g}_{key}", value)
+        save_grid(closed[:8], args.out / f"inversion_closeset_lambda{weight:g}.png")
+        save_grid(torch.cat([real[:8, None], opened[:8]], dim=1), args.out / f"inversion_openset_lambda{weight:g}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
