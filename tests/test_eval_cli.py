@@ -280,3 +280,26 @@ def test_ijb_and_identification_commands_report_what_the_library_computes(tmp_pa
     assert report["rank1"] == pytest.approx(expected.rank1)
     assert report["cmc"] == pytest.approx(list(expected.cmc))
     assert (report["num_mated_probes"], report["num_non_mated_probes"], report["num_distractors"]) == (4, 1, 3)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def test_export_round_trips_through_onnxruntime(tmp_path, capsys):
+    config = TrainConfig()
+    config.model.backbone, config.model.embedding_size = "mobilefacenet", 16
+    torch.manual_seed(1)
+    backbone = create_backbone("mobilefacenet", embedding_size=16).eval()
+    torch.save({"config": config_to_dict(config), "step": 1, "backbone": backbone.state_dict()}, tmp_path / "c.pt")
+    assert main(["export", str(tmp_path / "c.pt"), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed.splitlines()[0])
+    assert "parity: max abs diff" in printed and set(map(int, report["per_batch"])) == {1, 7, 64}
+    assert report["max_abs_diff"] <= 1e-4 and report["embedding_size"] == 16
+    model, info = load_face_model(tmp_path / "m.onnx")  # our convention is the exported model's
+    images = torch.rand(5, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), backbone(images), atol=1e-4, rtol=1e-4)
+    assert main(["export", str(tmp_path / "m.onnx"), "--onnx", str(tmp_path / "again.onnx")]) == 2
+    assert main(["export", str(tmp_path / "missing.pt"), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert not (tmp_path / "x.onnx").exists()

@@ -16,6 +16,7 @@ from .commands import CommandError
 from .commands import clean as clean_commands
 from .commands import data as data_commands
 from .commands import eval as eval_commands
+from .commands import export as export_commands
 from .commands import heads as heads_commands
 from .commands import invert as invert_commands
 from .commands import lfw as lfw_commands
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (clean_commands, data_commands, eval_commands, heads_commands, invert_commands, lfw_commands, train_commands):
+    for module in (clean_commands, data_commands, eval_commands, export_commands, heads_commands, invert_commands, lfw_commands, train_commands):
         module.register(verbs)
     return parser
 
