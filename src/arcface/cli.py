@@ -21,6 +21,7 @@ from .commands import heads as heads_commands
 from .commands import invert as invert_commands
 from .commands import lfw as lfw_commands
 from .commands import train as train_commands
+from .commands import use as use_commands
 
 __all__ = ["main", "build_parser", "CommandError"]
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (clean_commands, data_commands, eval_commands, export_commands, heads_commands, invert_commands, lfw_commands, train_commands):
+    for module in (clean_commands, data_commands, eval_commands, export_commands, heads_commands, invert_commands, lfw_commands, train_commands, use_commands):
         module.register(verbs)
     return parser
 

@@ -1,0 +1,102 @@
+"""FaceRecognizer / Gallery and the embed, verify, search, gallery build commands."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from arcface import FaceRecognizer, Gallery
+from arcface.cli import main
+from arcface.data.errors import DataError
+from arcface.eval import load_face_model
+from conftest import shared_path
+
+pytest.importorskip("onnxruntime", reason="ONNX models need onnxruntime (pip install -e '.[test]')")
+pytest.importorskip("onnx", reason="building test ONNX models needs the onnx package")
+from test_eval_cli import SIZE, linear_onnx  # noqa: E402
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((3 * SIZE * SIZE, 8)) / 100
+    model = linear_onnx(tmp_path / "m.onnx", weight, [3, SIZE, SIZE])
+    people = {}
+    for name in ("ann", "bob", "cid"):
+        base = rng.integers(0, 256, (SIZE, SIZE, 3))
+        for k in range(3):
+            path = tmp_path / "people" / name / f"{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8))
+        people[name] = base
+    return model, tmp_path / "people"
+
+
+def direct_score(model_path, a, b):
+    model, _ = load_face_model(model_path)
+    def embed(path):
+        x = torch.from_numpy(cv2.imread(str(path))[..., ::-1].copy()).permute(2, 0, 1).float()[None] / 127.5 - 1
+        with torch.no_grad():
+            e = (model(x) + model(x.flip(3)))[0].double()
+        return e / e.norm()
+    return float(embed(a) @ embed(b))
+
+
+def test_verify_prints_the_score_and_the_decision(setup, capsys):
+    model, people = setup
+    a, b, c = people / "ann" / "0.png", people / "ann" / "1.png", people / "bob" / "0.png"
+    assert main(["verify", str(a), str(b), "--model", str(model), "--threshold", "0.5", "--device", "cpu"]) == 0
+    score, word = capsys.readouterr().out.split()[:2]
+    assert float(score) == pytest.approx(direct_score(model, a, b), abs=1e-4) and word == "same"
+    assert main(["verify", str(a), str(c), "--model", str(model), "--threshold", "0.5", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.split()[1] == "different"
+    # The threshold of a report saved beside the model (arcface eval --out MODEL.json) is the default.
+    model.with_suffix(".json").write_text(json.dumps({"metric": "cosine", "threshold": 0.99}))
+    assert FaceRecognizer.load(model).threshold == 0.99
+
+
+def test_embed_keeps_going_past_a_bad_photo(setup, tmp_path):
+    model, people = setup
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    photos = [str(people / "ann" / "0.png"), str(tmp_path / "broken.jpg"), str(people / "bob" / "2.png")]
+    assert main(["embed", *photos, "--model", str(model), "--out", str(tmp_path / "e.npy"), "--device", "cpu"]) == 1
+    embeddings = np.load(tmp_path / "e.npy")
+    status = json.loads((tmp_path / "e.json").read_text())["status"]
+    assert np.isnan(embeddings[1]).all() and np.isfinite(embeddings[[0, 2]]).all()
+    assert status[photos[0]] == "ok" and status[photos[1]].startswith("unreadable")
+    np.testing.assert_allclose(np.linalg.norm(embeddings[[0, 2]], axis=1), 1, atol=1e-5)
+
+
+def test_gallery_search_finds_the_person(setup, tmp_path, capsys):
+    model, people = setup
+    assert main(["gallery", "build", str(people), "--model", str(model), "--out", str(tmp_path / "g.npz"), "--device", "cpu"]) == 0
+    gallery = Gallery.load(tmp_path / "g.npz")
+    assert sorted(set(gallery.names)) == ["ann", "bob", "cid"] and len(gallery.names) == 9
+    assert main(["search", str(people / "cid" / "1.png"), "--gallery", str(tmp_path / "g.npz"), "--model", str(model), "-k", "2", "--device", "cpu"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [line[1] for line in lines][0] == "cid" and len(lines) == 2
+    scores = gallery.embeddings @ gallery.embeddings[gallery.names.index("bob")]
+    best = gallery.search(gallery.embeddings[[gallery.names.index("bob")]], k=3)[0]
+    assert best[0] == ("bob", pytest.approx(float(scores.max()), abs=1e-6))
+    assert [name for name, _ in best] == sorted(set(gallery.names), key=lambda n: -max(s for g, s in zip(gallery.names, scores) if g == n))
+
+
+def test_unaligned_photo_without_a_detector_is_a_clear_error(setup, tmp_path, caplog):
+    model, _ = setup
+    cv2.imwrite(str(tmp_path / "big.jpg"), np.zeros((200, 150, 3), np.uint8))
+    with pytest.raises(DataError, match="detector"):
+        FaceRecognizer.load(model).embed([str(tmp_path / "big.jpg")])
+    assert main(["verify", str(tmp_path / "big.jpg"), str(tmp_path / "big.jpg"), "--model", str(model), "--device", "cpu"]) == 2
+    assert main(["search", str(tmp_path / "big.jpg"), "--gallery", str(tmp_path / "none.npz"), "--model", str(model)]) == 2
+    assert "gallery file not found" in caplog.text
+
+
+def test_real_photos_with_the_independent_model():
+    lfw = shared_path("data/lfw_deepfunneled/images")
+    recognizer = FaceRecognizer.from_onnx(shared_path("data/models/mobilefacenet_onnx/mobilefacenet.onnx"), input_std=128.0,
+                                          detector=shared_path("data/models/yunet/face_detection_yunet_2026may.onnx"))
+    same = recognizer.verify(lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Abel_Pacheco" / "Abel_Pacheco_0004.jpg")
+    other = recognizer.verify(lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg")
+    assert same[1] and not other[1] and same[0] > other[0] + 0.3
