@@ -100,3 +100,25 @@ def test_real_photos_with_the_independent_model():
     same = recognizer.verify(lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Abel_Pacheco" / "Abel_Pacheco_0004.jpg")
     other = recognizer.verify(lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg")
     assert same[1] and not other[1] and same[0] > other[0] + 0.3
+
+
+@pytest.mark.parametrize("use_faiss", [False, True], ids=["numpy", "faiss"])
+def test_gallery_search_matches_a_brute_force_reference(use_faiss):
+    if use_faiss:
+        pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+    rng = np.random.default_rng(2)
+    embeddings = rng.standard_normal((300, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    names = [f"id{int(i)}" for i in rng.integers(0, 40, 300)]  # several entries per identity
+    queries = rng.standard_normal((7, 16)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    gallery = Gallery(names, embeddings)
+    for k in (1, 5, 40):
+        ours = gallery.search(queries, k=k, use_faiss=use_faiss)
+        for query, found in zip(queries, ours):
+            best = {}
+            for name, embedding in zip(names, embeddings):  # literal: each identity's best entry
+                best[name] = max(best.get(name, -2.0), float(query @ embedding))
+            expected = sorted(best.items(), key=lambda item: -item[1])[:k]
+            assert [n for n, _ in found] == [n for n, _ in expected]
+            np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-5)

@@ -226,20 +226,58 @@ class Gallery:
         except (OSError, KeyError, ValueError) as error:
             raise DataError(f"{path}: not a gallery file ({error})") from None
 
-    def search(self, queries: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Per query row, the ``k`` best identities (an identity's score: its best entry), best first."""
+    def search(self, queries: np.ndarray, k: int = 5, use_faiss: bool | None = None) -> list[list[tuple[str, float]]]:
+        """Per query row, the ``k`` best identities (an identity's score: its best entry), best first.
+
+        Args:
+            use_faiss: None: FAISS (exact inner-product index) when installed, else numpy; True/False to force.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.embeddings.shape[1]:
             raise ValueError(f"queries must be (Q, {self.embeddings.shape[1]}), got {queries.shape}")
-        scores = queries @ self.embeddings.T
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        faiss = _faiss() if use_faiss is not False else None
+        if use_faiss and faiss is None:
+            raise ImportError("use_faiss=True but faiss is not installed: pip install faiss-cpu")
+        ranked = self._ranked_faiss(faiss, queries, k) if faiss is not None else self._ranked_numpy(queries)
         results = []
-        for row in scores:
+        for indices, scores in ranked:
             best: dict[str, float] = {}
-            for index in np.argsort(-row, kind="stable"):
+            for index, score in zip(indices, scores):
                 name = self.names[index]
                 if name not in best:
-                    best[name] = float(row[index])
+                    best[name] = float(score)
                     if len(best) == k:
                         break
             results.append(list(best.items()))
         return results
+
+    def _ranked_numpy(self, queries: np.ndarray):
+        for row in queries @ self.embeddings.T:
+            order = np.argsort(-row, kind="stable")
+            yield order, row[order]
+
+    def _ranked_faiss(self, faiss, queries: np.ndarray, k: int):
+        """Nearest entries by an exact inner-product index, widened until k identities are covered."""
+        index = faiss.IndexFlatIP(self.embeddings.shape[1])
+        index.add(self.embeddings)
+        distinct = len(set(self.names))
+        for query in queries:
+            depth = min(len(self.names), 4 * k)
+            while True:
+                scores, indices = index.search(query[None], depth)
+                found = {self.names[i] for i in indices[0] if i >= 0}
+                if len(found) >= min(k, distinct) or depth == len(self.names):
+                    break
+                depth = min(len(self.names), depth * 4)
+            keep = indices[0] >= 0
+            yield indices[0][keep], scores[0][keep]
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
