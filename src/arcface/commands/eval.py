@@ -152,8 +152,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                         help="auto: 112x112 images as they are, others aligned with YuNet (default); yunet: always detect; "
                         "none: as they are (resized if needed); center: center crop, no detector")
     images.add_argument("--detector", help="YuNet .onnx (default $ARCFACE_DETECTOR or models/yunet/*.onnx above the images)")
-    images.add_argument("--face-choice", default="center", choices=["center", "score", "largest"],
-                        help="which face of a several-face image to align: nearest the center (default), most confident, largest")
+    images.add_argument("--face-choice", default="largest", choices=["largest", "center", "score"],
+                        help="which face of a several-face image to align: the largest (default, as the common evaluation "
+                        "scripts, so numbers compare), the one nearest the image center, or the most confident")
     images.add_argument("--crop-size", type=int, help="center crop side in pixels (default half the short side)")
     run = parser.add_argument_group("scoring and running")
     run.add_argument("--metric", default="cosine", choices=["cosine", "l2"], help="pair score (same accuracy; threshold units differ)")

@@ -47,7 +47,7 @@ class EvalOptions:
     align: str = "auto"  # auto | yunet | none | center (see FaceImages)
     detector: str | None = None  # YuNet .onnx, for alignment on the fly
     crop_size: int | None = None  # center crop side in pixels (center mode and the no-face fallback)
-    face_choice: str = "center"  # several faces in an image: center | score | largest
+    face_choice: str = "largest"  # several faces in an image: largest (as common evaluation scripts) | center | score
     flip_test: bool = True  # embedding of an image = f(x) + f(mirror(x))
     metric: str = "cosine"  # cosine | l2 (squared L2 distance of the normalized embeddings)
     batch_size: int = 64
