@@ -189,7 +189,7 @@ def load_face_model(
         path: one of
             - an arcface training checkpoint (``*.pt`` written by ``arcface train``): the backbone is
               rebuilt from the config stored in it;
-            - a run folder: its newest checkpoint;
+            - a run folder: its newest checkpoint; a folder holding exactly one .onnx: that model;
             - an insightface ``arcface_torch`` backbone state_dict (``backbone.pth``): needs
               ``architecture`` (``r50``, ``r100``, ``mbf``, or our names);
             - an ``.onnx`` model: ``input_mean``/``input_std``/``input_layout``/``bgr`` describe its input.
@@ -204,9 +204,14 @@ def load_face_model(
         from ..train.checkpoint import list_checkpoints
 
         found = list_checkpoints(path)
-        if not found:
-            raise DataError(f"{path}: a folder without checkpoints; pass a checkpoint (.pt), a backbone .pth or an .onnx file")
-        path = found[0]
+        onnx_files = sorted(path.glob("*.onnx"))
+        if found:
+            path = found[0]
+        elif len(onnx_files) == 1:  # a model folder as distributed: one .onnx beside its notes
+            path = onnx_files[0]
+        else:
+            raise DataError(f"{path}: a folder without checkpoints or a single .onnx model; pass a checkpoint (.pt), "
+                            "a backbone .pth or an .onnx file")
     if not path.is_file():
         raise DataError(f"{path}: model file not found")
     fingerprint = file_fingerprint(path)
