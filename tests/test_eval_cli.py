@@ -303,3 +303,15 @@ def test_export_round_trips_through_onnxruntime(tmp_path, capsys):
     assert main(["export", str(tmp_path / "m.onnx"), "--onnx", str(tmp_path / "again.onnx")]) == 2
     assert main(["export", str(tmp_path / "missing.pt"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_folder_with_one_onnx_model_is_that_model(tmp_path, weight):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    linear_onnx(folder / "face.onnx", weight, [3, SIZE, SIZE])
+    (folder / "SOURCE.md").write_text("notes")
+    _, info = load_face_model(folder, input_std=128.0)
+    assert info.kind == "onnx" and Path(info.path).name == "face.onnx"
+    linear_onnx(folder / "other.onnx", weight, [3, SIZE, SIZE])
+    with pytest.raises(DataError, match="single .onnx"):
+        load_face_model(folder)
