@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -68,11 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError("--gallery needs --probes DIR")
     if args.roc and args.gallery:
         raise CommandError("--roc is for verification protocols (--pairs, --bin, --ijb)")
-    if args.roc:
-        try:
-            import matplotlib  # noqa: F401  (fail before the evaluation, not after it)
-        except ImportError:
-            raise CommandError("--roc needs matplotlib: pip install matplotlib (or 'arcface[plots]')") from None
+    if args.roc and importlib.util.find_spec("matplotlib") is None:  # fail before the evaluation, not after it
+        raise CommandError("--roc needs matplotlib: pip install matplotlib (or 'arcface[plots]')")
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise CommandError(f"--out {out}: is a folder; give the report's file name (e.g. report.json)")
