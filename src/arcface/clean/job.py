@@ -33,6 +33,7 @@ from ..data.datasets import FaceTransform, build_dataset
 from ..data.errors import DataError
 from ..eval.embed import embed_images
 from ..train.checkpoint import list_checkpoints, load_checkpoint
+from .noise import _write_atomic as _write
 from .noise import read_truth
 from .subcenter import CATEGORIES, decide, dominant_subcenters, dominant_weight
 
@@ -103,12 +104,6 @@ def _plot(decision, threshold: float, path: Path) -> bool:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
-
-
-def _write(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def clean_dataset(

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..data.datasets import ImageFolderDataset, ListDataset
 from ..data.errors import DataError
+from ..data.protocols import atomic_output
 
 __all__ = ["LabelledImages", "read_labelled_images", "corrupt_labels", "write_noisy_dataset", "read_truth"]
 
@@ -139,6 +140,5 @@ def read_truth(path: str | os.PathLike) -> list[tuple[str, bool]]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_output(path) as handle:
+        handle.write(text.encode("utf-8"))
