@@ -29,9 +29,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
+
+from parallel import run_all
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = ["head.name=arcface", "head.scale=32", "head.m2=0.4"]
@@ -66,22 +67,6 @@ def train_command(name: str, source: Path, head: list[str], args, work: Path) ->
         "checkpoint.every_minutes=0", "checkpoint.keep_last=1", "device=auto", "model.dropout=0.2", *head,
     ]
     return arcface("train", str(REPO / "configs" / "lfw_cpu.yaml"), "--out", str(work / name), *sum((["--set", s] for s in settings), []))
-
-
-def run_all(commands: dict[str, list[str]], parallel: int, work: Path) -> None:
-    pending, running = list(commands.items()), {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, command = pending.pop(0)
-            log = open(work / f"{name}.log", "w")
-            running[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log)
-        for name, (process, log) in list(running.items()):
-            if process.poll() is not None:
-                log.close()
-                del running[name]
-                if process.returncode != 0:
-                    raise SystemExit(f"{name} failed (exit {process.returncode}); see {work / f'{name}.log'}")
-        time.sleep(1)
 
 
 def accuracy(work: Path, name: str) -> float:
@@ -122,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         noisy = args.work / f"noisy_{kind}" / "train.txt"
         phase1[f"b_{kind}_k1"] = train_command(f"b_{kind}_k1", noisy, HEAD, args, args.work)
         phase1[f"c_{kind}_k3"] = train_command(f"c_{kind}_k3", noisy, SUBCENTER_HEAD, args, args.work)
-    run_all(phase1, args.parallel, args.work)
+    run_all({name: [command] for name, command in phase1.items()}, args.parallel, args.work)
     phase2 = {}
     for kind in args.kinds:
         cleaned = args.work / f"cleaned_{kind}"
@@ -137,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"{kind}_dropped_recall_pct", 100 * truth["recall"])
         emit(f"{kind}_kept_samples", report["kept"])
         phase2[f"d_{kind}_cleaned_k1"] = train_command(f"d_{kind}_cleaned_k1", cleaned / "train.txt", HEAD, args, args.work)
-    run_all(phase2, args.parallel, args.work)
+    run_all({name: [command] for name, command in phase2.items()}, args.parallel, args.work)
     a = accuracy(args.work, "a_clean_k1")
     emit("a_clean_k1_accuracy", a)
     for kind in args.kinds:

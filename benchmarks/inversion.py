@@ -5,14 +5,17 @@ class centers). Open-set: invert the embedding of one real photo (image 1 of a s
 ``pairsDevTest.txt``) of as many unseen people. The judge embeds every generated image and the real
 photos: close-set, all training photos of the chosen classes; open-set, the *other* photo of each
 pair (not the one that was inverted). Each identity's template is the normalized mean of its photos'
-embeddings. Printed per prior weight (``--lambdas``), one figure a line:
+embeddings. Printed per variant of the optimization (``--variants``), one figure a line:
 
-    <set>_lambda<w>_rank1_pct       generated images whose nearest template (of the N) is their own
-    <set>_lambda<w>_cos_own         mean cosine to their own identity's template
-    <set>_lambda<w>_cos_others      mean cosine to the other identities' templates
+    <set>_<variant>_rank1_pct       generated images whose nearest template (of the N) is their own
+    <set>_<variant>_cos_own         mean cosine to their own identity's template
+    <set>_<variant>_cos_others      mean cosine to the other identities' templates
 
-and PNG grids (``<out>/inversion_<set>_lambda<w>.png``: open-set rows start with the real photo).
-Chance rank-1 is 100/N %. Targets: close-set at least 50%, open-set at least 30% (N = 50).
+and PNG grids (``<out>/inversion_<set>_<variant>.png``: open-set rows start with the real photo).
+Variants: ``lambda0.05`` (the paper's prior weight, jitter and flip on: our defaults), ``lambda0``
+(no BatchNorm prior), ``no_jitter_flip`` (prior on, no random shift or mirror), or
+``name:key=value,...`` with InversionConfig fields. Chance rank-1 is 100/N %. Targets: close-set at
+least 50%, open-set at least 30% (N = 50).
 
     .venv/bin/python benchmarks/inversion.py --run runs/lfw_full --train-list runs/cache/lfw_devtrain.txt \\
         --aligned runs/cache/lfw_aligned --lfw ../shared/data/lfw_deepfunneled \\
@@ -84,6 +87,31 @@ def judge_images(judge, images: torch.Tensor, gallery: torch.Tensor) -> dict[str
     return {"rank1_pct": 100 * rank1, "cos_own": own_cos.mean().item(), "cos_others": others.mean().item()}
 
 
+VARIANTS: dict[str, dict] = {
+    "lambda0.05": {},
+    "lambda0": {"lambda_bn": 0.0},
+    "no_jitter_flip": {"jitter": 0, "flip": False},
+}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    if ":" not in text:
+        if text not in VARIANTS:
+            raise SystemExit(f"unknown variant {text!r}; known: {', '.join(VARIANTS)} (or name:key=value,...)")
+        return text, VARIANTS[text]
+    name, _, settings = text.partition(":")
+    fields = InversionConfig.__dataclass_fields__
+    values = {}
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"variant {name}: unknown setting {key!r}; known: {', '.join(fields)}")
+        values[key] = {"True": True, "False": False, "true": True, "false": False}.get(value, None)
+        if values[key] is None:
+            values[key] = type(fields[key].default)(value)
+    return name, values
+
+
 def batched(invert_fn, targets, batch: int, starts: int):
     per = max(1, batch // starts)
     return torch.cat([invert_fn(targets[i : i + per]) for i in range(0, len(targets), per)])
@@ -100,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--starts", type=int, default=1)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.0])
+    parser.add_argument("--variants", nargs="+", default=["lambda0.05", "lambda0"], help="see the module docstring")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -121,15 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.from_numpy(embed_images(backbone, FaceImages([p for p, _ in people], "/", align="none"), device=args.device))
     real = torch.stack([FaceImages([p], "/", align="none")[0][0] for p, _ in people])
     args.out.mkdir(parents=True, exist_ok=True)
-    for weight in args.lambdas:
-        config = InversionConfig(steps=args.steps, lambda_bn=weight, seed=args.seed, precision=args.precision, device=args.device)
+    for name, settings in map(parse_variant, args.variants):
+        config = InversionConfig(**{"steps": args.steps, "seed": args.seed, "precision": args.precision, "device": args.device, **settings})
         closed = batched(lambda chunk: invert_classes(backbone, head, chunk, config, args.starts)[0], classes, args.batch, args.starts)
         opened = batched(lambda chunk: invert_embeddings(backbone, chunk, config, args.starts)[0], targets, args.batch, args.starts)
-        for name, images, gallery in (("closeset", closed, closed_gallery), ("openset", opened, open_gallery)):
+        for kind, images, gallery in (("closeset", closed, closed_gallery), ("openset", opened, open_gallery)):
             for key, value in judge_images(judge, images, gallery).items():
-                emit(f"{name}_lambda{weight:g}_{key}", value)
-        save_grid(closed[:8], args.out / f"inversion_closeset_lambda{weight:g}.png")
-        save_grid(torch.cat([real[:8, None], opened[:8]], dim=1), args.out / f"inversion_openset_lambda{weight:g}.png")
+                emit(f"{kind}_{name}_{key}", value)
+        save_grid(closed[:8], args.out / f"inversion_closeset_{name}.png")
+        save_grid(torch.cat([real[:8, None], opened[:8]], dim=1), args.out / f"inversion_openset_{name}.png")
     return 0
 
 
