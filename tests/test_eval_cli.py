@@ -305,6 +305,27 @@ def test_export_round_trips_through_onnxruntime(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_export_simplify_keeps_parity_and_a_standard_graph(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    config = TrainConfig()
+    config.model.backbone, config.model.embedding_size = "mobilefacenet", 16
+    torch.manual_seed(2)
+    backbone = create_backbone("mobilefacenet", embedding_size=16).eval()
+    torch.save({"config": config_to_dict(config), "step": 1, "backbone": backbone.state_dict()}, tmp_path / "c.pt")
+    assert main(["export", str(tmp_path / "c.pt"), "--onnx", str(tmp_path / "s.onnx"), "--simplify", "--check-batches", "1,7"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed.splitlines()[0])
+    assert "simplified" in printed and report["nodes"] < report["nodes_before_simplify"]  # BatchNorms folded at least
+    graph = onnx.load(str(tmp_path / "s.onnx"))
+    onnx.checker.check_model(graph)
+    assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}  # no onnxruntime-only operators
+    model, _ = load_face_model(tmp_path / "s.onnx")
+    images = torch.rand(3, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), backbone(images), atol=1e-4, rtol=1e-4)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_a_folder_with_one_onnx_model_is_that_model(tmp_path, weight):
     folder = tmp_path / "model"
     folder.mkdir()
