@@ -1,0 +1,94 @@
+"""The pure parts of the result scripts in benchmarks/: sweep runner, ablation table, angle figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # the scripts import their sibling `parallel`
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_run_all_runs_each_jobs_commands_in_order_and_stops_a_job_at_its_first_failure(tmp_path):
+    run_all = load("parallel").run_all
+    out = tmp_path / "out.txt"
+    append = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    jobs = {
+        "good": [[sys.executable, "-c", append, str(out), "a1"], [sys.executable, "-c", append, str(out), "a2"]],
+        "bad": [python("import sys; print('boom'); sys.exit(3)"), [sys.executable, "-c", append, str(out), "never"]],
+    }
+    failed = run_all(jobs, parallel=2, logs=tmp_path / "logs", keep_going=True)
+    assert failed == ["bad"]
+    assert out.read_text().split() == ["a1", "a2"]
+    assert "boom" in (tmp_path / "logs" / "bad.log").read_text()
+    with pytest.raises(SystemExit, match="bad failed"):
+        run_all({"bad": [python("raise SystemExit(1)")]}, parallel=1, logs=tmp_path / "logs2")
+
+
+def test_ablation_table_is_mean_and_population_std_over_seeds(tmp_path):
+    ablation = load("ablation")
+    results = tmp_path / "results"
+    results.mkdir()
+    for seed, (accuracy, tar) in enumerate([(0.70, 0.10), (0.74, None), (0.72, 0.20)]):
+        entry = {"method": "ArcFace", "seed": seed, "accuracy": accuracy, "tar_at_far": {"1e-2": tar}}
+        (results / f"arcface_seed{seed}.json").write_text(json.dumps(entry))
+    figures, table = ablation.summarize(results, ["ArcFace", "CosFace"])
+    values = dict(line.split("=") for line in figures)
+    assert float(values["arcface_accuracy_mean"]) == pytest.approx(72.0)
+    assert float(values["arcface_accuracy_std"]) == pytest.approx(math.sqrt(((70 - 72) ** 2 + (74 - 72) ** 2) / 3), abs=0.01)
+    assert float(values["arcface_tar_far1e-2_mean"]) == pytest.approx(15.0)  # the unresolvable TAR is left out
+    assert values["arcface_runs"] == "3"
+    rows = table.splitlines()
+    assert rows[2].startswith("| ArcFace | 72.00 ± 1.63 |") and rows[3].startswith("| CosFace | not run")
+
+
+def test_every_ablation_method_is_a_head_the_trainer_accepts():
+    ablation = load("ablation")
+    from arcface.train.config import load_config
+    from arcface.configs import recipe_path
+
+    assert list(ablation.METHODS) == ["Softmax", "NormFace", "SphereFace", "CosFace", "ArcFace", "Combined",
+                                      "ArcFace+Intra", "ArcFace+Inter", "ArcFace+Triplet"]
+    for settings in ablation.METHODS.values():
+        config = load_config(recipe_path("lfw_cpu"), settings)
+        assert config.head.name in {"softmax", "normface", "sphereface", "cosface", "arcface", "combined"}
+
+
+def test_toy_angle_figures_on_known_geometry():
+    toy = load("toy_2d")
+    centers = np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])  # 90 degrees apart, norms ignored
+    angles = np.radians([10.0, 100.0, 200.0, 30.0])  # features of classes 0, 1, 2, 0
+    points = 5 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    labels = np.array([0, 1, 2, 0])
+    figures = toy.angle_figures(points, labels, centers)
+    assert figures["mean_target_angle_deg"] == pytest.approx((10 + 10 + 20 + 30) / 4)
+    assert figures["min_center_gap_deg"] == pytest.approx(90.0)
+    assert figures["nearest_center_pct"] == pytest.approx(100.0)
+
+
+def test_pair_angle_overlap_is_the_best_single_threshold_error():
+    angles = load("angles")
+    same = np.array([True, True, True, False, False, False])
+    assert angles.overlap_pct(np.array([10.0, 20, 30, 40, 50, 60]), same) == 0.0
+    scores = np.array([10.0, 50, 30, 40, 20, 60])  # one same pair far, one different pair near
+    brute = min(np.mean((scores <= t) != same) for t in [-1.0, *scores])
+    assert angles.overlap_pct(scores, same) == pytest.approx(100 * brute)
+    assert angles.overlap_pct(scores, same) == pytest.approx(100 / 3)
