@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from arcface.eval import embed_images, load_face_model
 from arcface.eval.images import FaceImages
@@ -95,20 +96,29 @@ VARIANTS: dict[str, dict] = {
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
+    """``lambda0`` (a name from VARIANTS) or ``name:key=value,...`` with InversionConfig fields (YAML values)."""
     if ":" not in text:
         if text not in VARIANTS:
             raise SystemExit(f"unknown variant {text!r}; known: {', '.join(VARIANTS)} (or name:key=value,...)")
         return text, VARIANTS[text]
     name, _, settings = text.partition(":")
-    fields = InversionConfig.__dataclass_fields__
+    defaults = InversionConfig()
     values = {}
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"variant {name}: unknown setting {key!r}; known: {', '.join(fields)}")
-        values[key] = {"True": True, "False": False, "true": True, "false": False}.get(value, None)
-        if values[key] is None:
-            values[key] = type(fields[key].default)(value)
+        if not hasattr(defaults, key):
+            raise SystemExit(f"variant {name}: unknown setting {key!r}; known: {', '.join(defaults.to_dict())}")
+        expected = type(getattr(defaults, key))
+        parsed = yaml.safe_load(value)
+        if expected is float and type(parsed) is int:
+            parsed = float(parsed)
+        if type(parsed) is not expected:
+            raise SystemExit(f"variant {name}: {key} expects a {expected.__name__}, got {value!r}")
+        values[key] = parsed
+    try:
+        InversionConfig(**values).validate()
+    except ValueError as error:
+        raise SystemExit(f"variant {name}: {error}") from None
     return name, values
 
 
@@ -134,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/inversion"))
     args = parser.parse_args(argv)
+    variants = [parse_variant(text) for text in args.variants]  # bad variants fail before any work
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     args.aligned = args.aligned.resolve()  # images are read by absolute path
     backbone, head, _ = load_for_inversion(args.run, need_head=True)
@@ -149,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.from_numpy(embed_images(backbone, FaceImages([p for p, _ in people], "/", align="none"), device=args.device))
     real = torch.stack([FaceImages([p], "/", align="none")[0][0] for p, _ in people])
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, settings in map(parse_variant, args.variants):
+    for name, settings in variants:
         config = InversionConfig(**{"steps": args.steps, "seed": args.seed, "precision": args.precision, "device": args.device, **settings})
         closed = batched(lambda chunk: invert_classes(backbone, head, chunk, config, args.starts)[0], classes, args.batch, args.starts)
         opened = batched(lambda chunk: invert_embeddings(backbone, chunk, config, args.starts)[0], targets, args.batch, args.starts)

@@ -92,3 +92,13 @@ def test_pair_angle_overlap_is_the_best_single_threshold_error():
     brute = min(np.mean((scores <= t) != same) for t in [-1.0, *scores])
     assert angles.overlap_pct(scores, same) == pytest.approx(100 * brute)
     assert angles.overlap_pct(scores, same) == pytest.approx(100 / 3)
+
+
+def test_inversion_variants_parse_typed_values_and_reject_bad_ones():
+    parse = load("inversion").parse_variant
+    assert parse("lambda0") == ("lambda0", {"lambda_bn": 0.0})
+    assert parse("mine:lambda_bn=0.005,flip=false,lr=1") == ("mine", {"lambda_bn": 0.005, "flip": False, "lr": 1.0})
+    for bad, message in [("x:flip=maybe", "expects a bool"), ("x:steps=abc", "expects a int"), ("x:jitter=99", "jitter must be"),
+                         ("x:nope=1", "unknown setting"), ("unheard", "unknown variant")]:
+        with pytest.raises(SystemExit, match=message):
+            parse(bad)
