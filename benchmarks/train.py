@@ -4,6 +4,7 @@ Run from the repository root (several minutes on this 2-core machine)::
 
     .venv/bin/python benchmarks/train.py
     .venv/bin/python benchmarks/train.py --models iresnet18 --classes 100000 --steps 3
+    .venv/bin/python benchmarks/train.py --models iresnet18 --compile --no-memory --steps 12
 
 What is measured, in one run:
 
@@ -11,7 +12,8 @@ What is measured, in one run:
   images in memory) for each backbone in ``--models``, in our best CPU mode (bf16 autocast,
   channels_last, our PReLU, the glibc allocator setting that ``arcface train`` applies) and in a plain
   fp32 eager loop of the same model and head (NCHW, torch's PReLU, no autocast), timed alternately
-  in the same process; the ratio is the median of per-pair ratios. Target: at least 3x.
+  in the same process; the ratio is the median of per-pair ratios. Target: at least 3x. With
+  ``--compile``, also our mode under torch.compile (``model.compile=true``), in the same rounds.
 * Head memory per process for C = 1e6 classes (``--classes``), D = 512, global batch 128: the peak
   resident memory a process adds for the PartialFCHead (its centers, their gradient, one forward +
   backward), with 1 process and with 2 gloo processes (each holding half of the centers), for
@@ -54,7 +56,7 @@ def emit(key: str, value, decimals: int = 2) -> None:
 
 
 # ----------------------------------------------------------------------------- throughput
-def _training_step(name: str, best: bool):
+def _training_step(name: str, best: bool, compiled: bool = False):
     torch.manual_seed(0)
     backbone = create_backbone(name)
     if not best:  # the plain loop: torch's own operators, default layout
@@ -63,6 +65,7 @@ def _training_step(name: str, best: bool):
                 module.__class__ = nn.PReLU
     layout = torch.channels_last if best else torch.contiguous_format
     backbone = backbone.to(memory_format=layout).train()
+    forward = torch.compile(backbone) if compiled else backbone  # as `arcface train` with model.compile=true
     head = create_head("arcface", num_classes=TRAIN_CLASSES, embedding_size=EMBEDDING)
     optimizer = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(BATCH, 3, 112, 112).contiguous(memory_format=layout)
@@ -71,30 +74,36 @@ def _training_step(name: str, best: bool):
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=best):
-            embeddings = backbone(images)
+            embeddings = forward(images)
         head(embeddings, labels).backward()
         optimizer.step()
 
     return step
 
 
-def measure_throughput(name: str, steps: int) -> None:
-    ours, plain = _training_step(name, best=True), _training_step(name, best=False)
-    ours(), plain()  # warm-up
-    pairs = []
+def measure_throughput(name: str, steps: int, compiled: bool) -> None:
+    """Images/s of our mode, the plain fp32 loop and (``compiled``) our mode under torch.compile, timed alternately."""
+    modes = {"ours": _training_step(name, best=True), "plain_fp32": _training_step(name, best=False)}
+    if compiled:
+        modes["ours_compiled"] = _training_step(name, best=True, compiled=True)
+    for mode, step in modes.items():  # warm-up (and compilation, not timed)
+        start = time.perf_counter()
+        step()
+        log.info("%s %s first step %.1f s", name, mode, time.perf_counter() - start)
+    rounds = []
     for _ in range(steps):
-        times = []
-        for step in (ours, plain):
+        times = {}
+        for mode, step in modes.items():
             start = time.perf_counter()
             step()
-            times.append(time.perf_counter() - start)
-        pairs.append(times)
-        log.info("%s step: ours %.2f s, plain fp32 %.2f s", name, *times)
-    ours_rate = BATCH / statistics.median(t[0] for t in pairs)
-    plain_rate = BATCH / statistics.median(t[1] for t in pairs)
-    emit(f"{name}_train_images_per_s_ours", ours_rate)
-    emit(f"{name}_train_images_per_s_plain_fp32", plain_rate)
-    emit(f"{name}_train_speedup_vs_plain_fp32", statistics.median(p[1] / p[0] for p in pairs))
+            times[mode] = time.perf_counter() - start
+        rounds.append(times)
+        log.info("%s step: %s", name, ", ".join(f"{mode} {t:.2f} s" for mode, t in times.items()))
+    for mode in modes:
+        emit(f"{name}_train_images_per_s_{mode}", BATCH / statistics.median(r[mode] for r in rounds))
+    emit(f"{name}_train_speedup_vs_plain_fp32", statistics.median(r["plain_fp32"] / r["ours"] for r in rounds))
+    if compiled:
+        emit(f"{name}_train_speedup_compiled_vs_ours", statistics.median(r["ours"] / r["ours_compiled"] for r in rounds))
 
 
 # ----------------------------------------------------------------------------- head memory
@@ -151,7 +160,9 @@ def measure_head_memory(world_size: int, classes: int, sample_rate: float) -> fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["iresnet50", "iresnet18"], help="backbones to time")
-    parser.add_argument("--steps", type=int, default=4, help="timed step pairs per backbone")
+    parser.add_argument("--steps", type=int, default=4, help="timed rounds (one step of each mode) per backbone")
+    parser.add_argument("--compile", action="store_true", help="also time our mode under torch.compile (model.compile=true)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the head-memory figures")
     parser.add_argument("--classes", type=int, default=1_000_000, help="classes for the head-memory figures")
     parser.add_argument("--head-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -163,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     emit("allocator_tuned", int(tune_cpu_allocator()))
     for name in args.models:
-        measure_throughput(name, args.steps)
-    for sample_rate in (1.0, 0.1):
+        measure_throughput(name, args.steps, args.compile)
+    for sample_rate in () if args.no_memory else (1.0, 0.1):
         single = measure_head_memory(1, args.classes, sample_rate)
         double = measure_head_memory(2, args.classes, sample_rate)
         tag = f"C{args.classes}_rate{sample_rate:g}"

@@ -130,6 +130,10 @@ class _Run:
         self.backbone = backbone
         self.model = DistributedDataParallel(backbone, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if context.distributed else backbone
+        # Only the training forward is compiled: checkpoints keep the plain module's parameter names and
+        # evaluation (other batch sizes, eval mode) runs eagerly instead of triggering recompilations.
+        self.train_forward = torch.compile(self.model) if model.compile else self.model
+        self.compiled_ok = False
         self.head = build_training_head(config.head, self.num_classes, model.embedding_size, context.rank, context.world_size, config.seed).to(self.device)
         self.backbone_optimizer = _optimizer(config, [p for p in backbone.parameters() if p.requires_grad])
         self.head_optimizer = _optimizer(config, list(self.head.parameters()))
@@ -255,13 +259,29 @@ class _Run:
                 group["lr"] = lr
         return lr
 
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) embeddings, compiled when model.compile asks and compilation works."""
+        if self.train_forward is self.model:
+            return self.model(images)
+        try:
+            embeddings = self.train_forward(images)
+            self.compiled_ok = True
+            return embeddings
+        except Exception as error:  # noqa: BLE001 - any compiler failure (no C++ toolchain, unsupported op)
+            if self.compiled_ok:
+                raise  # compiled steps already ran: this is not a compilation problem
+            log.warning("model.compile: torch.compile failed (%s: %s); training eagerly instead",
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            self.train_forward = self.model
+            return self.model(images)
+
     def _micro_step(self, images: torch.Tensor, labels: torch.Tensor, last_in_window: bool) -> float:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
         sync = contextlib.nullcontext() if last_in_window or not self.context.distributed else self.model.no_sync()
         with sync:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                embeddings = self.model(images)
+                embeddings = self._forward(images)
             loss = self.head(embeddings, labels)
             scaled = loss / self.config.optim.accumulation
             if self.scaler is not None:
