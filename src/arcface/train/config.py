@@ -57,9 +57,10 @@ class ModelConfig:
     dropout: float = 0.0
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and GPU (tensor cores)
     activation_checkpointing: bool = False  # IResNets: recompute activations in backward
-    # torch.compile the training forward/backward (about 1.15x images/s for IResNet-18 bf16 on a 2-core
-    # CPU, benchmarks/train.py); the first step pays the compilation (about 50 s there). Checkpoints and
-    # evaluation use the plain module. Falls back to eager, with a warning, where compilation fails.
+    # torch.compile the training forward/backward (1.20x images/s for IResNet-18 bf16 on a 2-core CPU,
+    # benchmarks/train.py); the first step pays the compilation (51 s there, 9 s with a warm cache).
+    # Checkpoints and evaluation use the plain module. Falls back to eager, with a warning, where
+    # compilation fails.
     compile: bool = False
 
 
