@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,3 +18,8 @@ def shared_path(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real data and fixtures live in ../shared; set ARCFACE_SHARED to move it)")
     return path
+
+
+def run_losses(run_dir: Path) -> list[float]:
+    """The training losses a run logged to its metrics.jsonl, in order."""
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]

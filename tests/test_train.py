@@ -15,7 +15,7 @@ import torch
 
 from arcface.cli import main
 from arcface.train.checkpoint import list_checkpoints, load_checkpoint
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_losses
 
 SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
 # A very small run: 8 steps of batch 8 over 96 images (12 batches per epoch, so a kill lands mid-epoch).
@@ -114,10 +114,6 @@ def test_nonfinite_losses_are_skipped_then_stop_training(tmp_path, monkeypatch, 
     assert caplog.text.count("step skipped") == 3
 
 
-def _losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_compile_failure_falls_back_to_eager_with_the_same_weights(tmp_path, monkeypatch, caplog):
     import arcface.train.loop as loop
 
@@ -146,7 +142,7 @@ def test_compiled_training_follows_the_eager_loss_and_keeps_plain_checkpoints(tm
     counters.clear()
     assert _run([SMOKE, "--out", str(compiled), *sum((["--set", s] for s in settings + ["model.compile=true"]), [])]) == 0
     assert counters["stats"]["unique_graphs"] >= 1  # the compiled path really ran
-    expected, actual = _losses(eager), _losses(compiled)
+    expected, actual = run_losses(eager), run_losses(compiled)
     assert len(expected) == len(actual) == 3
     # Fused kernels round differently, so the trajectories agree closely but not bit for bit.
     assert actual == pytest.approx(expected, rel=2e-3)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from arcface.cli import main
 from arcface.train.checkpoint import list_checkpoints, load_checkpoint
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_losses
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +37,6 @@ def _torchrun(args: list[str]) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
-
-
 @pytest.mark.parametrize("sample_rate", [1.0, 0.5])
 def test_two_processes_follow_the_single_process_loss(tmp_path, sample_rate):
     """Same global batch (16), seed and data order. Not bit-equal: each rank's BatchNorm normalizes
@@ -50,7 +44,7 @@ def test_two_processes_follow_the_single_process_loss(tmp_path, sample_rate):
     settings = COMMON + [f"head.sample_rate={sample_rate}"]
     assert main(["train", SMOKE, "--out", str(tmp_path / "one"), *_sets(settings + ["data.batch_size=16"])]) == 0
     _torchrun([SMOKE, "--out", str(tmp_path / "two"), *_sets(settings + ["data.batch_size=8"])])
-    single, double = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    single, double = run_losses(tmp_path / "one"), run_losses(tmp_path / "two")
     assert len(single) == len(double) == 4
     for a, b in zip(single, double):
         assert abs(a - b) / abs(a) < 0.1, (single, double)
@@ -75,4 +69,4 @@ def test_resume_with_another_number_of_processes(tmp_path):
     _torchrun(["--resume", str(run), "--set", "schedule.stop_after_steps=0", "--set", "data.batch_size=8"])
     final = load_checkpoint(list_checkpoints(run)[0])
     assert final["step"] == 4 and final["world_size"] == 2
-    assert all(torch.isfinite(torch.tensor(loss)) for loss in _losses(run))
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in run_losses(run))
