@@ -128,3 +128,26 @@ def test_bad_input_is_refused(tmp_path, caplog):
     assert "--classes expects" in caplog.text
     with pytest.raises(SystemExit):
         main(["invert", "--help"])
+    assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--scale-jitter", "1.5", "--out", str(tmp_path / "y")]) == 2
+    assert "scale_jitter must be in [0, 1)" in caplog.text and not (tmp_path / "y").exists()
+
+
+def test_command_defaults_are_the_configs():
+    """The command line spells out InversionConfig's defaults (so --help needs no torch); they must agree."""
+    from arcface.cli import build_parser
+
+    args = build_parser().parse_args(["invert", "ckpt.pt", "--classes", "0", "--out", "x"])
+    defaults = InversionConfig()
+    for field in ("steps", "lambda_bn", "lr", "jitter", "scale_jitter", "rotate_deg", "parameterization", "embedding_weight", "seed"):
+        assert getattr(args, field) == getattr(defaults, field), field
+    assert args.no_flip == (not defaults.flip)
+
+
+def test_fourier_inversion_falls_and_repeats():
+    model = Tiny()
+    target = torch.randn(2, 8)
+    config = InversionConfig(steps=40, lr=0.05, seed=3, parameterization="fourier", jitter=2, scale_jitter=0.05, rotate_deg=5)
+    images, history = invert_embeddings(model, target, config, starts=2)
+    assert images.shape == (2, 2, 3, 112, 112) and images.min() >= -1 and images.max() <= 1
+    assert np.mean(history["task"][-5:]) < 0.5 * np.mean(history["task"][:5])
+    assert torch.equal(images, invert_embeddings(model, target, config, starts=2)[0])

@@ -28,7 +28,7 @@ def _classes(text: str) -> list[int]:
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..invert.inversion import InversionConfig
+    from ..invert.config import InversionConfig
     from ..invert.job import run_inversion
     from .eval import _device, find_detector
 
@@ -41,8 +41,15 @@ def _run(args: argparse.Namespace) -> int:
             embeddings = np.load(path, allow_pickle=False)
         except ValueError as error:
             raise CommandError(f"{path}: not a .npy array ({error})") from None
-    config = InversionConfig(steps=args.steps, lambda_bn=args.lambda_bn, lr=args.lr, jitter=args.jitter, flip=not args.no_flip,
-                             seed=args.seed, precision=args.precision, device=_device(args.device))
+    config = InversionConfig(
+        steps=args.steps, lambda_bn=args.lambda_bn, lr=args.lr, jitter=args.jitter, flip=not args.no_flip,
+        scale_jitter=args.scale_jitter, rotate_deg=args.rotate_deg, parameterization=args.parameterization,
+        embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision, device=_device(args.device),
+    )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     photos = args.embedding_of
     report = run_inversion(
         args.checkpoint, args.out, config, classes=_classes(args.classes) if args.classes else None, photos=photos,
@@ -66,13 +73,21 @@ def register(verbs: argparse._SubParsersAction) -> None:
     targets.add_argument("--classes", help="close-set: comma-separated class indices, e.g. 0,5,17")
     targets.add_argument("--embedding-of", nargs="+", metavar="PHOTO", help="open-set: photos whose embeddings to invert")
     targets.add_argument("--embeddings", help="open-set: a .npy file of (T, D) embeddings")
+    # The defaults are InversionConfig's (tests/test_invert.py checks they agree); importing it here
+    # would import torch for every command's --help.
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lambda-bn", type=float, default=0.05, help="weight of the BatchNorm-statistics prior (paper: 0.05)")
     parser.add_argument("--batch", type=int, default=16, help="images optimized together (BN statistics are over the batch)")
     parser.add_argument("--starts", type=int, default=4, help="random starts per target (columns of each grid)")
-    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate on the pixels (cosine decay)")
-    parser.add_argument("--jitter", type=int, default=4, help="random shift per step in pixels (0: off)")
+    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate of the image parameters (cosine decay)")
+    parser.add_argument("--parameterization", default="pixels", choices=["pixels", "fourier"],
+                        help="what is optimized: the pixels, or a 1/frequency-scaled spectrum per image (smoother faces)")
+    parser.add_argument("--jitter", type=int, default=4, help="random shift of each image per step, in pixels (0: off)")
+    parser.add_argument("--scale-jitter", type=float, default=0.0, help="random zoom per step by a factor in [1-x, 1+x] (0: off)")
+    parser.add_argument("--rotate-deg", type=float, default=0.0, help="random rotation per step, up to this many degrees (0: off)")
     parser.add_argument("--no-flip", action="store_true", help="no random mirroring per step")
+    parser.add_argument("--embedding-weight", type=float, default=1.0,
+                        help="open-set: weight of the L2 loss between the normalized embeddings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="auto")

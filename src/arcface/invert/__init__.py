@@ -6,7 +6,8 @@ alone (its gradients and its BatchNorm statistics). Imports without any distribu
 """
 
 from .bn_prior import BNStatistics, batchnorm_layers
-from .inversion import InversionConfig, invert, invert_classes, invert_embeddings
+from .config import InversionConfig
+from .inversion import invert, invert_classes, invert_embeddings
 from .job import load_for_inversion, run_inversion, save_grid
 
 __all__ = [

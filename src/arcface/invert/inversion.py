@@ -18,58 +18,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from .augment import ViewAugmentation
 from .bn_prior import BNStatistics
+from .config import IMAGE_SIZE, InversionConfig
+from .parameterization import ImageParameterization
 
 __all__ = ["InversionConfig", "invert", "invert_classes", "invert_embeddings"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE = 112
 
-
-@dataclass
-class InversionConfig:
-    """Settings of one inversion run."""
-
-    steps: int = 2000
-    lambda_bn: float = 0.05  # the paper's weight of the BatchNorm-statistics prior
-    lr: float = 0.1
-    jitter: int = 4  # random shift of the batch each step, in pixels (0: off)
-    flip: bool = True  # random horizontal mirror each step
-    seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (autocast of the backbone; the losses stay float32)
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.lambda_bn >= 0, f"lambda_bn must be >= 0, got {self.lambda_bn}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 <= self.jitter < IMAGE_SIZE // 2, f"jitter must be in [0, {IMAGE_SIZE // 2}), got {self.jitter}"),
-            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _augment(images: torch.Tensor, config: InversionConfig, generator: torch.Generator) -> torch.Tensor:
-    if config.jitter:
-        dx, dy = (int(torch.randint(-config.jitter, config.jitter + 1, (), generator=generator)) for _ in range(2))
-        images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
-    if config.flip and bool(torch.rand((), generator=generator) < 0.5):
-        images = images.flip(3)
-    return images
+def _views(config: InversionConfig) -> ViewAugmentation:
+    return ViewAugmentation(jitter=config.jitter, scale=config.scale_jitter, rotate_deg=config.rotate_deg, flip=config.flip)
 
 
 def invert(
@@ -93,14 +59,14 @@ def invert(
     config.validate()
     device = torch.device(config.device)
     generator = torch.Generator().manual_seed(config.seed)
-    images = torch.randn(count, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).mul_(0.5).clamp_(-1, 1).to(device)
-    images.requires_grad_(True)
+    images = ImageParameterization(config.parameterization, count, IMAGE_SIZE, generator, device)
+    views = _views(config)
     was_training = backbone.training
     backbone.eval()
     requires = [p.requires_grad for p in backbone.parameters()]
     for parameter in backbone.parameters():
         parameter.requires_grad_(False)
-    optimizer = torch.optim.Adam([images], lr=config.lr, betas=(0.5, 0.99))
+    optimizer = torch.optim.Adam(images.parameters(), lr=config.lr, betas=(0.5, 0.99))
     history: dict[str, list[float]] = {"task": [], "bn": []}
     prior = BNStatistics(backbone)
     dtype = torch.bfloat16 if config.precision == "bf16" else None
@@ -112,14 +78,13 @@ def invert(
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 with prior, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    embeddings = backbone(_augment(images, config, generator))
+                    embeddings = backbone(views(images(), generator))
                     bn_loss = prior.loss()
                 task = task_loss(embeddings.float())
                 loss = task + config.lambda_bn * bn_loss
                 loss.backward()
                 optimizer.step()
-                with torch.no_grad():
-                    images.clamp_(-1.0, 1.0)
+                images.after_step()
                 history["task"].append(float(task.detach()))
                 history["bn"].append(float(bn_loss.detach()))
                 if step % 10 == 0 or step == config.steps - 1:
@@ -128,7 +93,8 @@ def invert(
         for parameter, flag in zip(backbone.parameters(), requires):
             parameter.requires_grad_(flag)
         backbone.train(was_training)
-    return images.detach().cpu(), history
+    with torch.no_grad():
+        return images().detach().cpu(), history
 
 
 def invert_classes(
@@ -173,7 +139,7 @@ def invert_embeddings(
     def task(embeddings: torch.Tensor) -> torch.Tensor:
         if embeddings.shape[1] != goal.shape[1]:
             raise ValueError(f"the model gives {embeddings.shape[1]}-D embeddings, the targets are {goal.shape[1]}-D")
-        return (F.normalize(embeddings, dim=1) - goal).pow(2).sum(dim=1).mean()
+        return config.embedding_weight * (F.normalize(embeddings, dim=1) - goal).pow(2).sum(dim=1).mean()
 
     images, history = invert(backbone, task, len(goal), config, progress)
     return images.view(len(targets), starts, 3, IMAGE_SIZE, IMAGE_SIZE), history

@@ -22,7 +22,8 @@ from ..data.errors import DataError
 from ..train.checkpoint import list_checkpoints, load_checkpoint
 from ..train.config import HeadConfig
 from .bn_prior import batchnorm_layers
-from .inversion import InversionConfig, invert_classes, invert_embeddings
+from .config import InversionConfig
+from .inversion import invert_classes, invert_embeddings
 
 __all__ = ["load_for_inversion", "run_inversion", "to_uint8", "save_grid"]
 

@@ -1,0 +1,47 @@
+"""Settings of an inversion run (no torch import: the command line reads its defaults from here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["IMAGE_SIZE", "PARAMETERIZATIONS", "InversionConfig"]
+
+IMAGE_SIZE = 112
+PARAMETERIZATIONS = ("pixels", "fourier")
+
+
+@dataclass
+class InversionConfig:
+    """Settings of one inversion run."""
+
+    steps: int = 2000
+    lambda_bn: float = 0.05  # the paper's weight of the BatchNorm-statistics prior
+    lr: float = 0.1
+    jitter: int = 4  # random shift of each image each step, in pixels (0: off)
+    flip: bool = True  # random horizontal mirror of each image each step
+    scale_jitter: float = 0.0  # random zoom of each image each step, by a factor in [1 - x, 1 + x] (0: off)
+    rotate_deg: float = 0.0  # random rotation of each image each step, up to this many degrees (0: off)
+    parameterization: str = "pixels"  # pixels | fourier (see arcface.invert.parameterization)
+    embedding_weight: float = 1.0  # open-set: weight of the L2 loss between normalized embeddings
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the backbone; the losses stay float32)
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.lambda_bn >= 0, f"lambda_bn must be >= 0, got {self.lambda_bn}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 <= self.jitter < IMAGE_SIZE // 2, f"jitter must be in [0, {IMAGE_SIZE // 2}), got {self.jitter}"),
+            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
+            (0 <= self.scale_jitter < 1, f"scale_jitter must be in [0, 1), got {self.scale_jitter}"),
+            (0 <= self.rotate_deg <= 180, f"rotate_deg must be in [0, 180], got {self.rotate_deg}"),
+            (self.parameterization in PARAMETERIZATIONS, f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"),
+            (self.embedding_weight > 0, f"embedding_weight must be > 0, got {self.embedding_weight}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

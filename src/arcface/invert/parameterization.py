@@ -1,0 +1,53 @@
+"""How the images being inverted are parameterized: raw pixels, or a 1/f-scaled Fourier spectrum.
+
+``pixels``: the optimizer moves every pixel independently (clamped to [-1, 1] after each step). Adam
+moves high and low frequencies at the same rate, so images fill with high-frequency patterns that the
+inverted network responds to but another network does not.
+
+``fourier``: the optimizer moves the coefficients of each image's 2-D spectrum, each multiplied by
+1 / frequency, so low frequencies (shapes, shading) change fastest and high frequencies (texture,
+noise) slowest, like the spectrum of natural images; a tanh maps the result into [-1, 1]. This is the
+decorrelated parameterization of feature visualization (Olah et al., Distill 2017).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import PARAMETERIZATIONS
+
+__all__ = ["ImageParameterization"]
+
+
+class ImageParameterization(nn.Module):
+    """Holds the optimized tensor; ``forward()`` gives the images (B, 3, H, W) in [-1, 1]."""
+
+    def __init__(self, kind: str, count: int, size: int, generator: torch.Generator, device: torch.device):
+        super().__init__()
+        if kind not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {kind!r}")
+        self.kind = kind
+        self.size = size
+        if kind == "pixels":
+            start = torch.randn(count, 3, size, size, generator=generator).mul_(0.5).clamp_(-1, 1)
+            self.register_buffer("frequency_scale", torch.ones(()), persistent=False)
+        else:
+            rows = torch.fft.fftfreq(size)[:, None]
+            cols = torch.fft.rfftfreq(size)[None, :]
+            frequency = torch.sqrt(rows**2 + cols**2).clamp_min(1.0 / size)
+            self.register_buffer("frequency_scale", (1.0 / frequency) / 4, persistent=False)
+            start = torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator).mul_(0.01)
+        self.values = nn.Parameter(start.to(device))
+
+    def forward(self) -> torch.Tensor:
+        if self.kind == "pixels":
+            return self.values
+        spectrum = torch.view_as_complex(self.values) * self.frequency_scale
+        return torch.tanh(torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho"))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Keeps pixel images inside [-1, 1] (the Fourier images are bounded by their tanh)."""
+        if self.kind == "pixels":
+            self.values.clamp_(-1.0, 1.0)

@@ -1,0 +1,107 @@
+"""Inversion's random views and image parameterizations: against the formulas they implement."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from arcface.invert.augment import ViewAugmentation
+from arcface.invert.parameterization import ImageParameterization
+
+
+def test_identity_views_return_the_images_and_seeds_repeat():
+    images = torch.rand(3, 3, 16, 16)
+    assert ViewAugmentation()(images, torch.Generator().manual_seed(0)) is images
+    views = ViewAugmentation(jitter=3, scale=0.1, rotate_deg=10, flip=True)
+    first = views(images, torch.Generator().manual_seed(5))
+    assert torch.equal(first, views(images, torch.Generator().manual_seed(5)))
+    assert not torch.equal(first, views(images, torch.Generator().manual_seed(6)))
+
+
+def test_mirror_views_are_exact_mirrors_of_each_image():
+    images = torch.rand(40, 3, 12, 12)
+    out = ViewAugmentation(flip=True)(images, torch.Generator().manual_seed(0))
+    same = (out - images).abs().flatten(1).amax(1) < 1e-5
+    mirrored = (out - images.flip(3)).abs().flatten(1).amax(1) < 1e-5
+    assert bool((same | mirrored).all())
+    assert 5 < int(mirrored.sum()) < 35  # each image draws its own mirror
+
+
+def test_shift_views_are_whole_pixel_shifts_of_each_image():
+    jitter, size = 3, 20
+    images = torch.rand(12, 2, size, size)
+    out = ViewAugmentation(jitter=jitter)(images, torch.Generator().manual_seed(1))
+    inner = slice(jitter, size - jitter)  # reflection padding only touches the border
+    shifts = set()
+    for view, image in zip(out, images):
+        found = [(dy, dx) for dy in range(-jitter, jitter + 1) for dx in range(-jitter, jitter + 1)
+                 if torch.allclose(view[:, inner, inner], torch.roll(image, (-dy, -dx), (1, 2))[:, inner, inner], atol=1e-5)]
+        assert len(found) == 1, "each view must be exactly one whole-pixel shift of its image"
+        shifts.add(found[0])
+    assert len(shifts) > 3
+
+
+def test_zoom_and_rotation_views_sample_where_the_affine_map_says():
+    """A centred bright disc stays centred; a zoom changes its area by 1/zoom^2; rotation keeps it."""
+    size = 64
+    y, x = torch.meshgrid(torch.arange(size) + 0.5 - size / 2, torch.arange(size) + 0.5 - size / 2, indexing="ij")
+    disc = ((x**2 + y**2) < 12**2).float().expand(1, 1, size, size).repeat(200, 1, 1, 1)
+    out = ViewAugmentation(scale=0.2, rotate_deg=30)(disc, torch.Generator().manual_seed(2))
+    areas = out.sum((1, 2, 3)) / disc[0].sum()
+    assert 1 / 1.2**2 - 0.05 < float(areas.min()) and float(areas.max()) < 1 / 0.8**2 + 0.05
+    assert float(areas.std()) > 0.05  # zooms really vary
+    centre_x = (out[:, 0] * x).sum((1, 2)) / out[:, 0].sum((1, 2))
+    assert float(centre_x.abs().max()) < 0.5
+
+
+def test_views_pass_gradients_to_the_images():
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    ViewAugmentation(jitter=2, scale=0.1, rotate_deg=5, flip=True)(images, torch.Generator().manual_seed(0)).sum().backward()
+    assert images.grad is not None and float(images.grad.abs().sum()) > 0
+
+
+def reference_fourier_image(values: np.ndarray, size: int) -> np.ndarray:
+    """Literal inverse DFT of the half spectrum (rfft layout), orthonormal, 1/frequency scaled, then tanh.
+
+    x[m, n] = Re( 1/N * sum_k sum_l w_l * c(k, l) * X[k, l] * exp(2 pi i (k m + l n) / N) ), w_l = 1 for
+    the columns that are their own mirror (l = 0, N/2) and 2 for the others, c = max(|f|, 1/N)^-1 / 4.
+    """
+    spectrum = values[..., 0] + 1j * values[..., 1]  # (3, N, N/2+1)
+    image = np.zeros((3, size, size))
+    for k in range(size):
+        fk = k / size if k < (size + 1) // 2 else (k - size) / size
+        for l in range(size // 2 + 1):
+            weight = 1 if l in (0, size // 2) else 2
+            scale = 1 / max(math.hypot(fk, l / size), 1 / size) / 4
+            m, n = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+            wave = np.exp(2j * np.pi * (k * m + l * n) / size)
+            image += np.real(weight * scale * spectrum[:, k, l, None, None] * wave) / size
+    return np.tanh(image)
+
+
+def test_fourier_images_follow_the_formula():
+    size = 8
+    param = ImageParameterization("fourier", 2, size, torch.Generator().manual_seed(0), torch.device("cpu"))
+    with torch.no_grad():
+        param.values.normal_(0, 0.3)
+    ours = param().detach().double().numpy()
+    for i in range(2):
+        np.testing.assert_allclose(ours[i], reference_fourier_image(param.values[i].detach().double().numpy(), size), atol=1e-5)
+
+
+def test_fourier_starts_smooth_and_pixels_stay_in_range():
+    generator = torch.Generator().manual_seed(0)
+    fourier = ImageParameterization("fourier", 4, 112, generator, torch.device("cpu"))().detach()
+    pixels = ImageParameterization("pixels", 4, 112, generator, torch.device("cpu"))
+    # neighbouring pixels of a 1/f image are strongly correlated, those of white noise are not
+    def neighbour_correlation(images):
+        a, b = images[..., :, :-1].flatten(), images[..., :, 1:].flatten()
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    assert neighbour_correlation(fourier) > 0.5 > abs(neighbour_correlation(pixels().detach()))
+    with torch.no_grad():
+        pixels.values.mul_(10)
+    pixels.after_step()
+    assert float(pixels().detach().abs().max()) <= 1
+    with pytest.raises(ValueError, match="parameterization"):
+        ImageParameterization("wavelet", 1, 8, generator, torch.device("cpu"))
