@@ -79,14 +79,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--lambda-bn", type=float, default=0.05, help="weight of the BatchNorm-statistics prior (paper: 0.05)")
     parser.add_argument("--batch", type=int, default=16, help="images optimized together (BN statistics are over the batch)")
     parser.add_argument("--starts", type=int, default=4, help="random starts per target (columns of each grid)")
-    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate of the image parameters (cosine decay)")
-    parser.add_argument("--parameterization", default="pixels", choices=["pixels", "fourier"],
+    parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the image parameters (cosine decay)")
+    parser.add_argument("--parameterization", default="fourier", choices=["fourier", "pixels"],
                         help="what is optimized: the pixels, or a 1/frequency-scaled spectrum per image (smoother faces)")
     parser.add_argument("--jitter", type=int, default=4, help="random shift of each image per step, in pixels (0: off)")
     parser.add_argument("--scale-jitter", type=float, default=0.0, help="random zoom per step by a factor in [1-x, 1+x] (0: off)")
     parser.add_argument("--rotate-deg", type=float, default=0.0, help="random rotation per step, up to this many degrees (0: off)")
     parser.add_argument("--no-flip", action="store_true", help="no random mirroring per step")
-    parser.add_argument("--embedding-weight", type=float, default=1.0,
+    parser.add_argument("--embedding-weight", type=float, default=8.0,
                         help="open-set: weight of the L2 loss between the normalized embeddings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])

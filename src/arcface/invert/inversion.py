@@ -5,12 +5,16 @@ Only the trained model is used: its gradients, and the BatchNorm statistics it s
 minimize
 
     close-set:  L = margin loss of the head toward the target class + lambda_bn * L_bn
-    open-set:   L = ||normalize(f(x)) - normalize(target)||^2          + lambda_bn * L_bn
+    open-set:   L = w * ||normalize(f(x)) - normalize(target)||^2      + lambda_bn * L_bn
 
-Defaults and why: Adam (lr 0.1, cosine decay to 0) on the pixels themselves in [-1, 1] (clamped after
-each step); every step sees a randomly shifted (up to ``jitter`` pixels) and randomly mirrored copy
-of the batch, so the images cannot rely on pixel-exact patterns the network would only read at one
-position (DeepInversion's observation; the ablation figure in the docs shows what each does).
+Defaults and why (measured in docs/inversion.md): Adam (lr 0.05, cosine decay to 0) on a
+1/frequency-scaled spectrum of each image (:mod:`arcface.invert.parameterization`), so shapes form
+before texture and the images carry less of the high-frequency pattern only this network reads; every
+step sees each image randomly shifted (up to ``jitter`` pixels) and mirrored
+(:mod:`arcface.invert.augment`; zoom and rotation are options), so the images cannot rely on
+pixel-exact patterns read at one position (DeepInversion's observation). Open-set, the L2 term is
+weighted by ``embedding_weight`` (8): at 1 the BN prior outweighs it and the images drift from their
+target.
 """
 
 from __future__ import annotations
