@@ -105,3 +105,11 @@ def test_fourier_starts_smooth_and_pixels_stay_in_range():
     assert float(pixels().detach().abs().max()) <= 1
     with pytest.raises(ValueError, match="parameterization"):
         ImageParameterization("wavelet", 1, 8, generator, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["pixels", "fourier"])
+def test_parameterization_lives_on_the_requested_device(kind):
+    """Values and frequency scale move together (a CPU buffer next to CUDA values would fail on a GPU)."""
+    param = ImageParameterization(kind, 2, 8, torch.Generator().manual_seed(0), torch.device("meta"))
+    assert {t.device.type for t in [*param.parameters(), *param.buffers()]} == {"meta"}
+    assert isinstance(param.values, torch.nn.Parameter) and param.values.requires_grad

@@ -38,7 +38,8 @@ class ImageParameterization(nn.Module):
             frequency = torch.sqrt(rows**2 + cols**2).clamp_min(1.0 / size)
             self.register_buffer("frequency_scale", (1.0 / frequency) / 4, persistent=False)
             start = torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator).mul_(0.01)
-        self.values = nn.Parameter(start.to(device))
+        self.values = nn.Parameter(start)
+        self.to(device)  # the values and the frequency scale, together
 
     def forward(self) -> torch.Tensor:
         if self.kind == "pixels":
