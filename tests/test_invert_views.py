@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from arcface.invert import InversionConfig
 from arcface.invert.augment import ViewAugmentation
 from arcface.invert.parameterization import ImageParameterization
 
@@ -61,11 +62,12 @@ def test_views_pass_gradients_to_the_images():
     assert images.grad is not None and float(images.grad.abs().sum()) > 0
 
 
-def reference_fourier_image(values: np.ndarray, size: int) -> np.ndarray:
-    """Literal inverse DFT of the half spectrum (rfft layout), orthonormal, 1/frequency scaled, then tanh.
+def reference_fourier_image(values: np.ndarray, size: int, decay: float) -> np.ndarray:
+    """Literal inverse DFT of the half spectrum (rfft layout), orthonormal, 1/frequency**decay scaled, then tanh.
 
     x[m, n] = Re( 1/N * sum_k sum_l w_l * c(k, l) * X[k, l] * exp(2 pi i (k m + l n) / N) ), w_l = 1 for
-    the columns that are their own mirror (l = 0, N/2) and 2 for the others, c = max(|f|, 1/N)^-1 / 4.
+    the columns that are their own mirror (l = 0, N/2) and 2 for the others,
+    c = N/4 * (N * max(|f|, 1/N))^-decay.
     """
     spectrum = values[..., 0] + 1j * values[..., 1]  # (3, N, N/2+1)
     image = np.zeros((3, size, size))
@@ -73,21 +75,23 @@ def reference_fourier_image(values: np.ndarray, size: int) -> np.ndarray:
         fk = k / size if k < (size + 1) // 2 else (k - size) / size
         for l in range(size // 2 + 1):
             weight = 1 if l in (0, size // 2) else 2
-            scale = 1 / max(math.hypot(fk, l / size), 1 / size) / 4
+            scale = size / 4 * (size * max(math.hypot(fk, l / size), 1 / size)) ** -decay
             m, n = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
             wave = np.exp(2j * np.pi * (k * m + l * n) / size)
             image += np.real(weight * scale * spectrum[:, k, l, None, None] * wave) / size
     return np.tanh(image)
 
 
-def test_fourier_images_follow_the_formula():
+@pytest.mark.parametrize("decay", [1.0, 1.5])
+def test_fourier_images_follow_the_formula(decay):
     size = 8
-    param = ImageParameterization("fourier", 2, size, torch.Generator().manual_seed(0), torch.device("cpu"))
+    param = ImageParameterization("fourier", 2, size, torch.Generator().manual_seed(0), torch.device("cpu"), decay)
     with torch.no_grad():
         param.values.normal_(0, 0.3)
     ours = param().detach().double().numpy()
     for i in range(2):
-        np.testing.assert_allclose(ours[i], reference_fourier_image(param.values[i].detach().double().numpy(), size), atol=1e-5)
+        reference = reference_fourier_image(param.values[i].detach().double().numpy(), size, decay)
+        np.testing.assert_allclose(ours[i], reference, atol=1e-5)
 
 
 def test_fourier_starts_smooth_and_pixels_stay_in_range():
@@ -113,3 +117,13 @@ def test_parameterization_lives_on_the_requested_device(kind):
     param = ImageParameterization(kind, 2, 8, torch.Generator().manual_seed(0), torch.device("meta"))
     assert {t.device.type for t in [*param.parameters(), *param.buffers()]} == {"meta"}
     assert isinstance(param.values, torch.nn.Parameter) and param.values.requires_grad
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("fourier_decay", -0.5, "fourier_decay must be in"), ("fourier_decay", 4.0, "fourier_decay must be in"),
+     ("scale_jitter", 1.0, "scale_jitter must be in"), ("parameterization", "wavelet", "parameterization must be one of")],
+)
+def test_bad_view_and_parameterization_settings_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        InversionConfig(**{field: value}).validate()

@@ -44,7 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     config = InversionConfig(
         steps=args.steps, lambda_bn=args.lambda_bn, lr=args.lr, jitter=args.jitter, flip=not args.no_flip,
         scale_jitter=args.scale_jitter, rotate_deg=args.rotate_deg, parameterization=args.parameterization,
-        embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision, device=_device(args.device),
+        fourier_decay=args.fourier_decay, embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision,
+        device=_device(args.device),
     )
     try:
         config.validate()
@@ -82,6 +83,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the image parameters (cosine decay)")
     parser.add_argument("--parameterization", default="fourier", choices=["fourier", "pixels"],
                         help="what is optimized: the pixels, or a 1/frequency-scaled spectrum per image (smoother faces)")
+    parser.add_argument("--fourier-decay", type=float, default=1.5,
+                        help="fourier: spectrum coefficients scaled by 1/frequency**x (larger: smoother images)")
     parser.add_argument("--jitter", type=int, default=4, help="random shift of each image per step, in pixels (0: off)")
     parser.add_argument("--scale-jitter", type=float, default=0.0, help="random zoom per step by a factor in [1-x, 1+x] (0: off)")
     parser.add_argument("--rotate-deg", type=float, default=0.0, help="random rotation per step, up to this many degrees (0: off)")

@@ -8,7 +8,7 @@ minimize
     open-set:   L = w * ||normalize(f(x)) - normalize(target)||^2      + lambda_bn * L_bn
 
 Defaults and why (measured in docs/inversion.md): Adam (lr 0.05, cosine decay to 0) on a
-1/frequency-scaled spectrum of each image (:mod:`arcface.invert.parameterization`), so shapes form
+1/frequency**1.5-scaled spectrum of each image (:mod:`arcface.invert.parameterization`), so shapes form
 before texture and the images carry less of the high-frequency pattern only this network reads; every
 step sees each image randomly shifted (up to ``jitter`` pixels) and mirrored
 (:mod:`arcface.invert.augment`; zoom and rotation are options), so the images cannot rely on
@@ -63,7 +63,7 @@ def invert(
     config.validate()
     device = torch.device(config.device)
     generator = torch.Generator().manual_seed(config.seed)
-    images = ImageParameterization(config.parameterization, count, IMAGE_SIZE, generator, device)
+    images = ImageParameterization(config.parameterization, count, IMAGE_SIZE, generator, device, config.fourier_decay)
     views = _views(config)
     was_training = backbone.training
     backbone.eval()

@@ -5,9 +5,11 @@ moves high and low frequencies at the same rate, so images fill with high-freque
 inverted network responds to but another network does not.
 
 ``fourier``: the optimizer moves the coefficients of each image's 2-D spectrum, each multiplied by
-1 / frequency, so low frequencies (shapes, shading) change fastest and high frequencies (texture,
-noise) slowest, like the spectrum of natural images; a tanh maps the result into [-1, 1]. This is the
-decorrelated parameterization of feature visualization (Olah et al., Distill 2017).
+1 / frequency**decay, so low frequencies (shapes, shading) change fastest and high frequencies
+(texture, noise) slowest; a tanh maps the result into [-1, 1]. With decay 1 this is the decorrelated
+parameterization of feature visualization (Olah et al., Distill 2017), the spectrum of natural images;
+the inversion default 1.5 damps the checkerboard texture of the strided convolutions further
+(docs/inversion.md). The lowest frequency's scale is size/4 whatever the decay.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ __all__ = ["ImageParameterization"]
 class ImageParameterization(nn.Module):
     """Holds the optimized tensor; ``forward()`` gives the images (B, 3, H, W) in [-1, 1]."""
 
-    def __init__(self, kind: str, count: int, size: int, generator: torch.Generator, device: torch.device):
+    def __init__(self, kind: str, count: int, size: int, generator: torch.Generator, device: torch.device, decay: float = 1.0):
         super().__init__()
         if kind not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {kind!r}")
@@ -36,7 +38,7 @@ class ImageParameterization(nn.Module):
             rows = torch.fft.fftfreq(size)[:, None]
             cols = torch.fft.rfftfreq(size)[None, :]
             frequency = torch.sqrt(rows**2 + cols**2).clamp_min(1.0 / size)
-            self.register_buffer("frequency_scale", (1.0 / frequency) / 4, persistent=False)
+            self.register_buffer("frequency_scale", (size / 4) * (frequency * size) ** -decay, persistent=False)
             start = torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator).mul_(0.01)
         self.values = nn.Parameter(start)
         self.to(device)  # the values and the frequency scale, together
