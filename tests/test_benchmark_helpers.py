@@ -102,3 +102,29 @@ def test_inversion_variants_parse_typed_values_and_reject_bad_ones():
                          ("x:nope=1", "unknown setting"), ("unheard", "unknown variant")]:
         with pytest.raises(SystemExit, match=message):
             parse(bad)
+
+
+def test_heldout_pairs_are_new_distinct_valid_and_read_back_as_view1(tmp_path):
+    from arcface.data.protocols import read_pairs
+
+    heldout = load("heldout_pairs")
+    people = {"Ann": 5, "Bob": 2, "Cid": 1, "Dee": 3}
+    exclude = {heldout._pair_key(("Ann", 1, 2)), heldout._pair_key(("Bob", 2, "Ann", 4))}
+    matched, mismatched = heldout.sample_pairs(people, 8, exclude, seed=3)
+    assert len(matched) == len(mismatched) == 8
+    keys = [heldout._pair_key(pair) for pair in matched + mismatched]
+    assert len(set(keys)) == 16 and not set(keys) & exclude
+    for name, first, second in matched:
+        assert people[name] >= 2 and 1 <= first < second <= people[name]
+    for first, i, second, j in mismatched:
+        assert first != second and 1 <= i <= people[first] and 1 <= j <= people[second]
+    assert heldout.sample_pairs(people, 8, exclude, seed=3) == (matched, mismatched)
+    # Ann 10 + Bob 1 + Dee 3 = 14 matched pairs exist, one of them excluded
+    heldout.sample_pairs(people, 13, exclude, seed=0)
+    with pytest.raises(ValueError, match="cannot give 14"):
+        heldout.sample_pairs(people, 14, exclude, seed=0)
+    path = tmp_path / "pairs.txt"
+    heldout.write_view1_pairs(path, matched, mismatched)
+    pairs = read_pairs(path)
+    assert [pair.same for pair in pairs] == [True] * 8 + [False] * 8
+    assert heldout.read_lfw_pair_keys(path) == set(keys)
