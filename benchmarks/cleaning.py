@@ -24,20 +24,25 @@ that many trainings at once (on one GPU, 5 fit). A training whose ``summary.json
 ``--work`` is not run again, so an interrupted sweep goes on where it stopped and a finished one can be
 re-scored (``--extra-pairs``) without retraining.
 
-``--extra-pairs`` (from ``benchmarks/heldout_pairs.py``: 3,000 + 3,000 pairs of the same never-trained
-people) scores the four models a second time on six times as many pairs; the ``extra_`` lines are
-those accuracies and that gap.
+How sure the gap is: the final models are scored again with ``arcface eval`` on the evaluation pairs
+and, with ``--extra-pairs`` (from ``benchmarks/heldout_pairs.py``: 3,000 + 3,000 pairs of the same
+never-trained people), on six times as many. All models are scored on the same deterministic folds,
+so the differences a - b and d - b are paired per fold; the ``_se`` lines are their standard errors
+over the 10 folds and, by the delta method, that of the gap recovered (evaluation noise only: each arm
+is still one training run). Lines of the extra set start with ``extra_``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from parallel import run_all
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,14 +85,33 @@ def accuracy(work: Path, name: str) -> float:
     return 100 * next(iter(summary["final_eval"].values()))
 
 
-def extra_accuracy(work: Path, name: str, pairs: Path, aligned: Path, workers: int) -> float:
-    """The model's 10-fold accuracy (%) on another pairs file (flip-test, as the training's own evaluation)."""
+def fold_accuracies(work: Path, name: str, pairs: Path, aligned: Path, workers: int) -> np.ndarray:
+    """The model's per-fold accuracies (%) on a pairs file, by ``arcface eval`` (flip-test, as training's own)."""
     report = work / f"{name}_{pairs.stem}.json"
     if not report.is_file():
         subprocess.run(arcface("eval", str(work / name), "--pairs", str(pairs), "--images", str(aligned), "--align", "none",
                                "--workers", str(workers), "--no-cache", "--quiet", "--out", str(report)),
                        check=True, stdout=subprocess.DEVNULL)
-    return 100 * json.loads(report.read_text())["accuracy"]
+    return 100 * np.asarray(json.loads(report.read_text())["fold_accuracies"], dtype=np.float64)
+
+
+def paired_gap(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> dict[str, float]:
+    """Gap a - b, win d - b and gap recovered (d - b) / (a - b), with standard errors from paired folds.
+
+    Args:
+        a, b, d: (F,) per-fold accuracies of the three models on the same folds.
+
+    The ratio's error is the delta method's: var(r) = (var(W) + r^2 var(G) - 2 r cov(W, G)) / G^2 with
+    W = d - b, G = a - b and the variances those of the fold means.
+    """
+    folds = len(a)
+    gap, win = a - b, d - b
+    covariance = np.cov(np.stack([win, gap]), ddof=1) / folds
+    g, w = gap.mean(), win.mean()
+    ratio = w / g if g else math.nan
+    ratio_var = (covariance[0, 0] + ratio**2 * covariance[1, 1] - 2 * ratio * covariance[0, 1]) / g**2 if g else math.nan
+    return {"a_minus_b": g, "a_minus_b_se": math.sqrt(covariance[1, 1]), "d_minus_b": w, "d_minus_b_se": math.sqrt(covariance[0, 0]),
+            "gap_recovered_pct": 100 * ratio, "gap_recovered_se_pct": 100 * math.sqrt(max(ratio_var, 0.0))}
 
 
 def pending(jobs: dict[str, list[str]], work: Path) -> dict[str, list[list[str]]]:
@@ -156,18 +180,23 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"{kind}_c_noisy_k3_accuracy", c)
         emit(f"{kind}_d_cleaned_retrained_accuracy", d)
         emit(f"{kind}_gap_recovered_pct", gap_recovered(a, b, d))
-    if args.extra_pairs:
-        def score(name: str) -> float:
-            return extra_accuracy(args.work, name, args.extra_pairs, args.aligned, args.workers)
+    pair_sets = [("", args.pairs or args.lfw / "pairsDevTest.txt")] + ([("extra_", args.extra_pairs)] if args.extra_pairs else [])
+    for prefix, pairs in pair_sets:
+        def folds(name: str) -> np.ndarray:
+            return fold_accuracies(args.work, name, pairs, args.aligned, args.workers)
 
-        a = score("a_clean_k1")
-        emit("extra_a_clean_k1_accuracy", a)
+        a = folds("a_clean_k1")
+        if prefix:
+            emit(f"{prefix}a_clean_k1_accuracy", float(a.mean()))
         for kind in args.kinds:
-            b, c, d = (score(name) for name in (f"b_{kind}_k1", f"c_{kind}_k3", f"d_{kind}_cleaned_k1"))
-            emit(f"extra_{kind}_b_noisy_k1_accuracy", b)
-            emit(f"extra_{kind}_c_noisy_k3_accuracy", c)
-            emit(f"extra_{kind}_d_cleaned_retrained_accuracy", d)
-            emit(f"extra_{kind}_gap_recovered_pct", gap_recovered(a, b, d))
+            b, c, d = (folds(name) for name in (f"b_{kind}_k1", f"c_{kind}_k3", f"d_{kind}_cleaned_k1"))
+            if prefix:
+                emit(f"{prefix}{kind}_b_noisy_k1_accuracy", float(b.mean()))
+                emit(f"{prefix}{kind}_c_noisy_k3_accuracy", float(c.mean()))
+                emit(f"{prefix}{kind}_d_cleaned_retrained_accuracy", float(d.mean()))
+            for key, value in paired_gap(a, b, d).items():
+                if prefix or key.endswith("_se") or key.endswith("_se_pct"):
+                    emit(f"{prefix}{kind}_{key}", float(value))
     return 0
 
 

@@ -128,3 +128,24 @@ def test_heldout_pairs_are_new_distinct_valid_and_read_back_as_view1(tmp_path):
     pairs = read_pairs(path)
     assert [pair.same for pair in pairs] == [True] * 8 + [False] * 8
     assert heldout.read_lfw_pair_keys(path) == set(keys)
+
+
+def test_paired_gap_of_the_cleaning_sweep_against_fold_arithmetic():
+    paired_gap = load("cleaning").paired_gap
+    rng = np.random.default_rng(0)
+    a = 88 + rng.normal(0, 2, 10)
+    b = a - 5 + rng.normal(0, 1, 10)
+    d = b + 0.6 * (a - b)  # every fold wins back exactly 60% of its gap
+    exact = paired_gap(a, b, d)
+    assert exact["gap_recovered_pct"] == pytest.approx(60.0)
+    assert exact["gap_recovered_se_pct"] == pytest.approx(0.0, abs=1e-6)
+    d = d + rng.normal(0, 1, 10)
+    result = paired_gap(a, b, d)
+    gap, win = (a - b), (d - b)
+    ratio = win.mean() / gap.mean()
+    assert result["gap_recovered_pct"] == pytest.approx(100 * ratio)
+    assert result["a_minus_b_se"] == pytest.approx(gap.std(ddof=1) / math.sqrt(10))
+    assert result["d_minus_b_se"] == pytest.approx(win.std(ddof=1) / math.sqrt(10))
+    # the delta method's error is that of the mean residual win - ratio * gap, over the mean gap
+    residual = win - ratio * gap
+    assert result["gap_recovered_se_pct"] == pytest.approx(100 * residual.std(ddof=1) / math.sqrt(10) / gap.mean())
