@@ -200,3 +200,40 @@ def test_head_init_from_dominant_centers(tmp_path):
     with pytest.raises(ValueError, match=r"\(6, 8\)"):
         build_training_head(HeadConfig(name="arcface", init_from=str(tmp_path / "centers.pt")), 6, 8, 0, 1, seed=0)
     assert build_training_head(HeadConfig(name="subcenter_arcface"), 5, 8, 0, 1, seed=0).sub_centers == 3  # the preset's K
+
+
+def _records_by_image(rec: Path) -> dict[bytes, int]:
+    from arcface.data.face_records import FaceRecordFile
+
+    records = FaceRecordFile(rec)
+    return {records.image_bytes(key): label for key, label in zip(records.image_keys, records.labels)}
+
+
+def test_clean_reads_a_rec_and_writes_one_with_the_list_files_decisions(face_list, tmp_path):
+    from arcface.data.face_records import write_face_records
+
+    assert main(["data", "corrupt", str(face_list), "--rate", "0.25", "--kind", "closed", "--seed", "1", "--out", str(tmp_path / "noisy")]) == 0
+    noisy_list = tmp_path / "noisy" / "train.txt"
+    checkpoint = make_checkpoint(tmp_path / "k3.pt", num_classes=6, sub_centers=3)
+    common = ["--threshold-deg", "80", "--device", "cpu", "--workers", "0", "--quiet"]
+    assert main(["clean", str(checkpoint), str(noisy_list), "--out", str(tmp_path / "from_list"), "--rec", *common]) == 0
+    listed = [line.rsplit(" ", 1) for line in (tmp_path / "from_list" / "train.txt").read_text().splitlines()]
+    expected = {Path(path).read_bytes(): int(label) for path, label in listed}
+    assert 0 < len(expected) < 24, "the threshold must split this set for the test to mean something"
+    assert _records_by_image(tmp_path / "from_list" / "train.rec") == expected  # --rec: the same samples, bytes unchanged
+    # The noisy set packed as a .rec (sorted by label, so in another order than the list) cleans the same way.
+    noisy = [line.rsplit(" ", 1) for line in noisy_list.read_text().splitlines()]
+    rec = tmp_path / "noisy_rec" / "train.rec"
+    write_face_records(rec, [((noisy_list.parent / path).read_bytes(), int(label)) for path, label in noisy])
+    assert main(["clean", str(checkpoint), str(rec), "--out", str(tmp_path / "from_rec"), *common]) == 0
+    assert _records_by_image(tmp_path / "from_rec" / "train.rec") == expected
+    assert not (tmp_path / "from_rec" / "train.txt").exists()
+    report = json.loads((tmp_path / "from_rec" / "report.json").read_text())
+    assert report["kept"] == len(expected) and report["outputs"] == ["train.rec"] and "ground_truth" not in report
+    dropped = (tmp_path / "from_rec" / "dropped.tsv").read_text().splitlines()
+    assert dropped[0].startswith("record_key\t") and len(dropped) - 1 == 24 - len(expected)
+    with pytest.raises(DataError, match="ground truth"):
+        clean_dataset(checkpoint, rec, tmp_path / "x", truth=tmp_path / "noisy" / "truth.tsv", workers=0, progress=False)
+    with pytest.raises(DataError, match="output folder"):
+        clean_dataset(checkpoint, rec, rec.parent, workers=0, progress=False)
+    assert not (tmp_path / "x").exists()

@@ -3,10 +3,15 @@
 Streams over the dataset in chunks: only the (N, K) cosines of each sample to its own class's
 sub-centers are kept, so memory is bounded by N*K numbers, not N*D.
 
+DATA is an image folder, a ``path label`` list file or an insightface ``.rec`` (+ ``.idx``).
+
 Outputs in the output folder:
-    train.txt              kept samples, ``path label`` with labels renumbered 0..C'-1 (empty classes removed)
+    train.txt              kept samples, ``path label`` with labels renumbered 0..C'-1 (empty classes removed);
+                           image folders and list files only
+    train.rec (.idx, property)  the kept samples in insightface's layout, image bytes unchanged, labels
+                           renumbered: always for a ``.rec`` DATA, with ``rec=True`` for the others
     label_map.tsv          old label -> new label (-1: class removed)
-    dropped.tsv            dropped samples: path, label, angle to the dominant sub-center
+    dropped.tsv            dropped samples: path (record key for a .rec), label, angle to the dominant sub-center
     classes.tsv            per class: samples, dominant sub-center, its share of the class, kept samples
     dominant_centers.pt    {"weight": (C', D)}: each kept class's dominant sub-center, for a K=1 head
                            (``head.init_from``) to fine-tune instead of retraining
@@ -31,6 +36,8 @@ from tqdm import tqdm
 from ..backbones import create_backbone
 from ..data.datasets import FaceTransform, build_dataset
 from ..data.errors import DataError
+from ..data.face_records import write_face_records
+from ..data.pack import encoded_image_size
 from ..eval.embed import embed_images
 from ..train.checkpoint import list_checkpoints, load_checkpoint
 from .noise import _write_atomic as _write
@@ -117,12 +124,15 @@ def clean_dataset(
     workers: int = 2,
     flip_test: bool = True,
     progress: bool = True,
+    rec: bool = False,
 ) -> dict:
     """Clean ``data`` (the dataset the checkpoint was trained on) into ``out``; returns the report.
 
     Args:
+        data: image folder, ``path label`` list file or ``.rec``.
         truth: ``truth.tsv`` of ``arcface data corrupt`` (default: the one beside a list file, if any),
-            for the detection precision/recall and the noise rates.
+            for the detection precision/recall and the noise rates; list files and folders only.
+        rec: also write the cleaned set as ``train.rec`` (always done for a ``.rec`` DATA).
     """
     start = time.perf_counter()
     checkpoint_path, state = _checkpoint(Path(checkpoint))
@@ -132,8 +142,11 @@ def clean_dataset(
     backbone.load_state_dict(state["backbone"])
     backbone = backbone.to(device).eval()
     dataset = build_dataset(str(data), transform=FaceTransform(flip=0.0))
-    if not hasattr(dataset, "paths"):
-        raise DataError(f"{data}: cleaning writes a list of image paths; give an image folder or a list file (unpack a .rec first)")
+    from_records = not hasattr(dataset, "paths")
+    if from_records and truth:
+        raise DataError(f"{truth}: a ground truth names image paths; it can only score a list file or an image folder, not {data}")
+    if (from_records or rec) and Path(out).resolve() == Path(data).resolve().parent:
+        raise DataError(f"{out}: the output folder is DATA's own; train.rec and property would replace what is there")
     labels = torch.as_tensor(dataset.labels, dtype=torch.int64)
     if int(labels.max()) + 1 != num_classes:
         raise DataError(f"{data}: {int(labels.max()) + 1} classes, but the checkpoint's head has {num_classes}; "
@@ -158,11 +171,18 @@ def clean_dataset(
     surviving = kept_per_class > 0
     new_label = torch.full((num_classes,), -1, dtype=torch.int64)
     new_label[surviving] = torch.arange(int(surviving.sum()))
-    paths = [str(Path(p).resolve()) for p in dataset.paths]
-    _write(out / "train.txt", "".join(f"{paths[i]} {int(new_label[labels[i]])}\n" for i in torch.nonzero(keep)[:, 0].tolist()))
+    kept = torch.nonzero(keep)[:, 0].tolist()
+    outputs = ([] if from_records else ["train.txt"]) + (["train.rec"] if (from_records or rec) and kept else [])
+    if from_records:
+        names, name_column = [str(key) for key in dataset.keys], "record_key"
+    else:
+        names, name_column = [str(Path(p).resolve()) for p in dataset.paths], "path"
+        _write(out / "train.txt", "".join(f"{names[i]} {int(new_label[labels[i]])}\n" for i in kept))
+    if "train.rec" in outputs:
+        _write_records(dataset, kept, new_label[labels[kept]].tolist(), out / "train.rec", progress)
     _write(out / "label_map.tsv", "old_label\tnew_label\n" + "".join(f"{c}\t{int(new_label[c])}\n" for c in range(num_classes)))
-    _write(out / "dropped.tsv", "path\tlabel\tangle_to_dominant_deg\n" + "".join(
-        f"{paths[i]}\t{int(labels[i])}\t{float(decision.dominant_angle[i]):.2f}\n" for i in torch.nonzero(~keep)[:, 0].tolist()))
+    _write(out / "dropped.tsv", f"{name_column}\tlabel\tangle_to_dominant_deg\n" + "".join(
+        f"{names[i]}\t{int(labels[i])}\t{float(decision.dominant_angle[i]):.2f}\n" for i in torch.nonzero(~keep)[:, 0].tolist()))
     share = dominant_votes.double() / samples_per_class.clamp(min=1).double()
     _write(out / "classes.tsv", "label\tsamples\tdominant_subcenter\tdominant_share\tkept\n" + "".join(
         f"{c}\t{int(samples_per_class[c])}\t{int(dominant[c])}\t{float(share[c]):.3f}\t{int(kept_per_class[c])}\n" for c in range(num_classes)))
@@ -173,7 +193,7 @@ def clean_dataset(
     present = samples_per_class > 0
     report = {
         "checkpoint": str(checkpoint_path), "data": str(data), "threshold_deg": threshold_deg, "sub_centers": sub_centers,
-        "flip_test": flip_test,
+        "flip_test": flip_test, "outputs": outputs,
         "samples": len(labels), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
         "classes": num_classes, "classes_kept": int(surviving.sum()), "classes_removed": int(num_classes - surviving.sum()),
         "categories": {name: int(count) for name, count in zip(CATEGORIES, categories)},
@@ -182,9 +202,9 @@ def clean_dataset(
         "angle_to_dominant_deg": {"median": float(decision.dominant_angle.median()),
                                   "p95": float(decision.dominant_angle.quantile(0.95))},
     }
-    truth_path = Path(truth) if truth else (Path(data).parent / "truth.tsv" if Path(data).is_file() else None)
+    truth_path = Path(truth) if truth else (Path(data).parent / "truth.tsv" if Path(data).is_file() and not from_records else None)
     if truth_path is not None and truth_path.is_file():
-        report["ground_truth"] = _against_truth(read_truth(truth_path), paths, keep, truth_path)
+        report["ground_truth"] = _against_truth(read_truth(truth_path), names, keep, truth_path)
     elif truth:
         raise DataError(f"{truth}: ground-truth file not found")
     report["plot"] = "angles.png" if _plot(decision, threshold_deg, out / "angles.png") else None
@@ -193,6 +213,16 @@ def clean_dataset(
     logger.info("kept %d of %d samples (%d classes of %d); report in %s", report["kept"], report["samples"],
                 report["classes_kept"], num_classes, out / "report.json")
     return report
+
+
+def _write_records(dataset, kept: list[int], labels: list[int], path: Path, progress: bool) -> None:
+    """The kept samples' image bytes, unchanged, with their new labels, as an insightface .rec/.idx/property."""
+    size = getattr(getattr(dataset, "records", None), "image_size", None)
+    if size is None:  # a list or folder: property records the first kept image's size, as `arcface data pack` does
+        size = encoded_image_size(dataset.encoded(kept[0]), Path(dataset.paths[kept[0]]))
+    samples = ((dataset.encoded(i), label) for i, label in zip(
+        tqdm(kept, desc="clean: write train.rec", unit="img", disable=not progress), labels))
+    write_face_records(path, samples, image_size=size)
 
 
 def _against_truth(truth: list[tuple[str, bool]], paths: list[str], keep: torch.Tensor, source: Path) -> dict:

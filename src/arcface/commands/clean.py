@@ -18,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
 
     report = clean_dataset(args.checkpoint, args.data, args.out, threshold_deg=args.threshold_deg, truth=args.truth,
                            batch_size=args.batch_size, device=_device(args.device), workers=args.workers,
-                           flip_test=not args.no_flip, progress=not args.quiet)
+                           flip_test=not args.no_flip, progress=not args.quiet, rec=args.rec)
     sys.stdout.write(json.dumps(report) + "\n")
     truth = report.get("ground_truth")
     if truth:
@@ -31,17 +31,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
         "clean", help="drop noisy samples with a sub-center ArcFace checkpoint (dominant sub-center + angle threshold)",
         description="Embed DATA with the checkpoint's backbone, find each class's dominant sub-center, drop samples "
-        "farther than --threshold-deg from it, renumber the classes left, and write OUT/train.txt, report.json, "
-        "angles.png, dominant_centers.pt (for head.init_from) and per-sample/per-class TSVs.",
+        "farther than --threshold-deg from it, renumber the classes left, and write OUT/train.txt (OUT/train.rec for a "
+        ".rec DATA), report.json, angles.png, dominant_centers.pt (for head.init_from) and per-sample/per-class TSVs.",
     )
     parser.add_argument("checkpoint", help="checkpoint .pt (or run folder) trained with sub-centers (K > 1) on DATA")
-    parser.add_argument("data", help="the training set: image folder or 'path label' list file")
+    parser.add_argument("data", help="the training set: image folder, 'path label' list file or insightface .rec")
     parser.add_argument("--threshold-deg", type=float, default=75.0, help="drop samples farther than this from the dominant sub-center (default 75)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--truth", help="truth.tsv from `arcface data corrupt` (default: beside DATA when it is a list file)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rec", action="store_true",
+                        help="also write the cleaned set as OUT/train.rec/.idx/property (insightface layout; always for a .rec DATA)")
     parser.add_argument("--no-flip", action="store_true", help="embed without flip-test")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=_run)

@@ -89,6 +89,10 @@ class FaceDataset(Dataset):
     def _encoded(self, index: int) -> tuple[bytes, str]:
         raise NotImplementedError
 
+    def encoded(self, index: int) -> bytes:
+        """Sample ``index``'s image file bytes as stored (JPEG/PNG), not decoded."""
+        return self._encoded(index)[0]
+
     def _load(self, index: int) -> tuple[torch.Tensor, int]:
         data, source = self._encoded(index)
         return self.transform(decode_image(data, source)), self.labels[index]

@@ -20,7 +20,7 @@ from .errors import DataError
 from .face_records import FaceRecordFile, _write_face_layout
 from .recordio import PathLike
 
-__all__ = ["IMAGE_EXTENSIONS", "pack_folder", "unpack_records", "sniff_extension"]
+__all__ = ["IMAGE_EXTENSIONS", "encoded_image_size", "pack_folder", "unpack_records", "sniff_extension"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _scan_folder(folder: Path) -> tuple[list[Path], list[int], int, list[str]]:
     return paths, labels, skipped, identities
 
 
-def _image_size(data: bytes, path: Path) -> tuple[int, int]:
+def encoded_image_size(data: bytes, path: Path) -> tuple[int, int]:
     """``(height, width)`` from the encoded header, without decoding the pixels."""
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -110,12 +110,12 @@ def pack_folder(folder: PathLike, out_rec: PathLike) -> dict[str, int]:
     folder, out_rec = Path(folder), Path(out_rec)
     paths, labels, skipped, identities = _scan_folder(folder)
     sizes: dict[tuple[int, int], int] = {}
-    first_size = _image_size(paths[0].read_bytes(), paths[0])
+    first_size = encoded_image_size(paths[0].read_bytes(), paths[0])
 
     def payloads() -> Iterator[bytes]:
         for path in tqdm(paths, desc=f"packing {out_rec.name}", unit="img", disable=None):
             data = path.read_bytes()
-            size = _image_size(data, path)
+            size = encoded_image_size(data, path)
             sizes[size] = sizes.get(size, 0) + 1
             yield data
 
