@@ -86,11 +86,12 @@ def accuracy(work: Path, name: str) -> float:
 
 
 def fold_accuracies(work: Path, name: str, pairs: Path, aligned: Path, workers: int) -> np.ndarray:
-    """The model's per-fold accuracies (%) on a pairs file, by ``arcface eval`` (flip-test, as training's own)."""
+    """The model's per-fold accuracies (%) on a pairs file, by ``arcface eval`` with flip-test and bf16 autocast,
+    as the training's own evaluation (so the pairsDevTest means equal the summary's accuracies)."""
     report = work / f"{name}_{pairs.stem}.json"
     if not report.is_file():
         subprocess.run(arcface("eval", str(work / name), "--pairs", str(pairs), "--images", str(aligned), "--align", "none",
-                               "--workers", str(workers), "--no-cache", "--quiet", "--out", str(report)),
+                               "--precision", "bf16", "--workers", str(workers), "--no-cache", "--quiet", "--out", str(report)),
                        check=True, stdout=subprocess.DEVNULL)
     return 100 * np.asarray(json.loads(report.read_text())["fold_accuracies"], dtype=np.float64)
 
