@@ -64,8 +64,9 @@ def sample_pairs(people: dict[str, int], count: int, exclude: set[tuple], seed: 
     rng = random.Random(seed)
     names = sorted(people)
     several = [name for name in names if people[name] >= 2]
-    possible_matched = sum(people[name] * (people[name] - 1) // 2 for name in several)
-    if len(names) < 2 or possible_matched - len([k for k in exclude if k[0] == k[2]]) < count:
+    excluded_matched = sum(1 for key in exclude if key[0] == key[2] and key[0] in people)
+    available = sum(people[name] * (people[name] - 1) // 2 for name in several) - excluded_matched
+    if len(names) < 2 or available < count:
         raise ValueError(f"{len(several)} people with 2+ images cannot give {count} distinct matched pairs")
     seen = set(exclude)
     matched: list[Matched] = []
@@ -103,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    for name in ("peopleDevTest.txt", "pairsDevTest.txt"):
+        if not (args.lfw / name).is_file():
+            parser.error(f"{args.lfw / name}: not found (give the LFW folder with its View 1 files)")
     people = read_people(args.lfw / "peopleDevTest.txt")
-    matched, mismatched = sample_pairs(people, args.count, read_lfw_pair_keys(args.lfw / "pairsDevTest.txt"), args.seed)
+    try:
+        matched, mismatched = sample_pairs(people, args.count, read_lfw_pair_keys(args.lfw / "pairsDevTest.txt"), args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     write_view1_pairs(args.out, matched, mismatched)
     print(f"heldout_pairs={2 * args.count}")
     print(f"heldout_people_in_pairs={len({p[0] for p in matched} | {p[0] for p in mismatched} | {p[2] for p in mismatched})}")
