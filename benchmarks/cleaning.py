@@ -11,6 +11,8 @@ For each noise kind (closed, open) at ``--rate`` (0.3):
   (b) ArcFace K=1 on the noisy data
   (c) sub-center ArcFace K=3 on the noisy data
   (d) `arcface clean` with (c) at 75 degrees, then ArcFace K=1 from scratch on the cleaned list
+  (e) with ``--finetune-steps N``: instead of (d), fine-tune (c) on the cleaned list for N steps, its
+      backbone (``model.init_from``) and a K=1 head from its dominant sub-centers (``head.init_from``)
 Printed, one per line: noise rates before/after cleaning, detection precision/recall, the four
 accuracies, and the gap recovered (d - b) / (a - b).
 
@@ -71,10 +73,10 @@ def arcface(*args: str) -> list[str]:
     return [sys.executable, "-m", "arcface.cli", *args]
 
 
-def train_command(name: str, source: Path, head: list[str], args, work: Path) -> list[str]:
+def train_command(name: str, source: Path, head: list[str], args, work: Path, steps: int | None = None) -> list[str]:
     settings = [
         f"data.source={source}", f"data.num_workers={args.workers}", f"eval.pairs={args.pairs or args.lfw / 'pairsDevTest.txt'}",
-        f"eval.images={args.aligned}", "eval.every_steps=0", "schedule.time_budget_minutes=0", f"schedule.max_steps={args.steps}",
+        f"eval.images={args.aligned}", "eval.every_steps=0", "schedule.time_budget_minutes=0", f"schedule.max_steps={steps or args.steps}",
         "checkpoint.every_minutes=0", "checkpoint.keep_last=1", "device=auto", "model.dropout=0.2", *head,
     ]
     return arcface("train", str(REPO / "configs" / "lfw_cpu.yaml"), "--out", str(work / name), *sum((["--set", s] for s in settings), []))
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["closed", "open"])
     parser.add_argument("--threshold-deg", type=float, default=75.0)
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--finetune-steps", type=int, default=0, help="> 0: also arm (e), fine-tuning (c) on the cleaned list for this many steps")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -172,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"{kind}_dropped_recall_pct", 100 * truth["recall"])
         emit(f"{kind}_kept_samples", report["kept"])
         phase2[f"d_{kind}_cleaned_k1"] = train_command(f"d_{kind}_cleaned_k1", cleaned / "train.txt", HEAD, args, args.work)
+        if args.finetune_steps > 0:
+            start = [f"model.init_from={args.work / f'c_{kind}_k3'}", f"head.init_from={cleaned / 'dominant_centers.pt'}"]
+            phase2[f"e_{kind}_finetuned_k1"] = train_command(f"e_{kind}_finetuned_k1", cleaned / "train.txt", HEAD + start, args, args.work,
+                                                             steps=args.finetune_steps)
     run_all(pending(phase2, args.work), args.parallel, args.work)
     a = accuracy(args.work, "a_clean_k1")
     emit("a_clean_k1_accuracy", a)
@@ -181,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"{kind}_c_noisy_k3_accuracy", c)
         emit(f"{kind}_d_cleaned_retrained_accuracy", d)
         emit(f"{kind}_gap_recovered_pct", gap_recovered(a, b, d))
+        if args.finetune_steps > 0:
+            e = accuracy(args.work, f"e_{kind}_finetuned_k1")
+            emit(f"{kind}_e_finetuned_accuracy", e)
+            emit(f"{kind}_e_gap_recovered_pct", gap_recovered(a, b, e))
     pair_sets = [("", args.pairs or args.lfw / "pairsDevTest.txt")] + ([("extra_", args.extra_pairs)] if args.extra_pairs else [])
     for prefix, pairs in pair_sets:
         def folds(name: str) -> np.ndarray:
@@ -198,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in paired_gap(a, b, d).items():
                 if prefix or key.endswith("_se") or key.endswith("_se_pct"):
                     emit(f"{prefix}{kind}_{key}", float(value))
+            if args.finetune_steps > 0:
+                e = folds(f"e_{kind}_finetuned_k1")
+                if prefix:
+                    emit(f"{prefix}{kind}_e_finetuned_accuracy", float(e.mean()))
+                for key, value in paired_gap(a, b, e).items():
+                    if key.startswith("d_minus_b") or key.startswith("gap_recovered"):
+                        emit(f"{prefix}{kind}_e_{key.replace('d_minus_b', 'e_minus_b')}", float(value))
     return 0
 
 

@@ -151,3 +151,32 @@ def test_compiled_training_follows_the_eager_loss_and_keeps_plain_checkpoints(tm
     for key, value in plain["backbone"].items():
         if value.is_floating_point():
             torch.testing.assert_close(optimized["backbone"][key], value, rtol=1e-2, atol=1e-3, msg=key)
+
+
+def test_model_init_from_starts_the_backbone_from_a_checkpoint(tmp_path, caplog):
+    from arcface.train.config import load_config
+    from arcface.train.distributed import DistributedContext
+    from arcface.train.loop import _Run
+
+    source = tmp_path / "source"
+    assert _run([SMOKE, "--out", str(source), *sum((["--set", s] for s in TINY), [])]) == 0
+    trained = _final_weights(source)["backbone"]
+
+    def starting_backbone(*settings: str) -> dict:
+        return _Run(load_config(SMOKE, [*TINY, *settings]), tmp_path / "unused", DistributedContext(), False, False, []).backbone.state_dict()
+
+    # From the run folder (its newest checkpoint): every tensor equals the trained one, BatchNorm statistics too.
+    started = starting_backbone(f"model.init_from={source}")
+    assert started.keys() == trained.keys()
+    for key, value in trained.items():
+        assert torch.equal(started[key], value), key
+    # Without it, a random start that differs from the trained weights.
+    fresh = starting_backbone()
+    assert any(not torch.equal(fresh[key], value) for key, value in trained.items() if value.is_floating_point())
+
+    # A checkpoint of another shape is a clear error naming the option; so is a missing one.
+    assert _run([SMOKE, "--out", str(tmp_path / "b"), *sum((["--set", s] for s in TINY), []),
+                 "--set", "model.embedding_size=16", "--set", f"model.init_from={source}"]) != 0
+    assert "model.init_from" in caplog.text and "32-D embeddings" in caplog.text
+    assert _run([SMOKE, "--out", str(tmp_path / "c"), "--set", f"model.init_from={tmp_path / 'missing.pt'}"]) != 0
+    assert "checkpoint not found" in caplog.text

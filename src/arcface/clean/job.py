@@ -39,7 +39,7 @@ from ..data.errors import DataError
 from ..data.face_records import write_face_records
 from ..data.pack import encoded_image_size
 from ..eval.embed import embed_images
-from ..train.checkpoint import list_checkpoints, load_checkpoint
+from ..train.checkpoint import load_checkpoint_or_run
 from .noise import _write_atomic as _write
 from .noise import read_truth
 from .subcenter import CATEGORIES, decide, dominant_subcenters, dominant_weight
@@ -49,15 +49,6 @@ __all__ = ["clean_dataset"]
 logger = logging.getLogger(__name__)
 
 CHUNK = 16384  # samples embedded per chunk: bounds the memory of the embedding step
-
-
-def _checkpoint(path: Path) -> tuple[Path, dict]:
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise DataError(f"{path}: no checkpoints in this run folder")
-        path = found[0]
-    return path, load_checkpoint(path)
 
 
 def _sub_centers(state: dict, path: Path) -> tuple[torch.Tensor, int, int]:
@@ -135,7 +126,7 @@ def clean_dataset(
         rec: also write the cleaned set as ``train.rec`` (always done for a ``.rec`` DATA).
     """
     start = time.perf_counter()
-    checkpoint_path, state = _checkpoint(Path(checkpoint))
+    checkpoint_path, state = load_checkpoint_or_run(checkpoint)
     weight, num_classes, sub_centers = _sub_centers(state, checkpoint_path)
     model_config = state["config"]["model"]
     backbone = create_backbone(model_config["backbone"], embedding_size=model_config["embedding_size"])

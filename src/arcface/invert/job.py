@@ -19,7 +19,7 @@ from torch import nn
 
 from ..backbones import create_backbone
 from ..data.errors import DataError
-from ..train.checkpoint import list_checkpoints, load_checkpoint
+from ..train.checkpoint import load_checkpoint_or_run
 from ..train.config import HeadConfig
 from .bn_prior import batchnorm_layers
 from .config import InversionConfig
@@ -32,13 +32,7 @@ logger = logging.getLogger(__name__)
 
 def load_for_inversion(checkpoint: str | os.PathLike, need_head: bool) -> tuple[nn.Module, nn.Module | None, dict]:
     """(backbone, head or None, checkpoint state) from a training checkpoint or run folder."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise DataError(f"{path}: no checkpoints in this run folder")
-        path = found[0]
-    state = load_checkpoint(path)
+    path, state = load_checkpoint_or_run(checkpoint)
     model_config = state["config"]["model"]
     backbone = create_backbone(model_config["backbone"], embedding_size=model_config["embedding_size"])
     backbone.load_state_dict(state["backbone"])

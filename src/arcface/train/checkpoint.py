@@ -16,7 +16,7 @@ import torch
 
 from ..data.errors import DataError
 
-__all__ = ["CheckpointError", "save_checkpoint", "list_checkpoints", "load_checkpoint", "load_latest", "CHECKPOINT_DIR"]
+__all__ = ["CheckpointError", "save_checkpoint", "list_checkpoints", "load_checkpoint", "load_checkpoint_or_run", "initial_backbone_weights", "load_latest", "CHECKPOINT_DIR"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,34 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "config" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not an arcface training checkpoint (no config/step)")
     return state
+
+
+def load_checkpoint_or_run(path: str | Path) -> tuple[Path, dict]:
+    """A checkpoint file, or the newest checkpoint of a run folder: (its path, its state)."""
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"{path}: no checkpoints in this run folder (looked in {path / CHECKPOINT_DIR})")
+        path = found[0]
+    return path, load_checkpoint(path)
+
+
+def initial_backbone_weights(path: str | Path, backbone: str, embedding_size: int) -> dict:
+    """The backbone state dict of a checkpoint (or run folder) to start a training from (fine-tuning).
+
+    CheckpointError when it is unreadable or its backbone is not ``backbone`` with ``embedding_size``-D
+    embeddings (the weights would not fit).
+    """
+    path, state = load_checkpoint_or_run(path)
+    model = state["config"].get("model", {})
+    found = (model.get("backbone"), model.get("embedding_size"))
+    if found != (backbone, embedding_size):
+        raise CheckpointError(
+            f"model.init_from: {path} holds a {found[0]} with {found[1]}-D embeddings, this run builds a "
+            f"{backbone} with {embedding_size}-D embeddings"
+        )
+    return state["backbone"]
 
 
 def load_latest(run_dir: str | Path, fallback: bool = False) -> tuple[Path, dict]:

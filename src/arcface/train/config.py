@@ -62,6 +62,9 @@ class ModelConfig:
     # Checkpoints and evaluation use the plain module. Falls back to eager, with a warning, where
     # compilation fails.
     compile: bool = False
+    # A checkpoint or run folder whose backbone weights start this training (fine-tuning, e.g. after
+    # `arcface clean`, with head.init_from); same backbone and embedding size. None: random init.
+    init_from: str | None = None
 
 
 @dataclass

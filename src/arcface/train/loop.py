@@ -28,7 +28,7 @@ from .. import __version__
 from ..backbones import create_backbone
 from ..data.datasets import FaceTransform, build_dataset
 from ..heads.partial_fc import PartialFCHead
-from .checkpoint import atomic_torch_save, load_latest, save_checkpoint
+from .checkpoint import atomic_torch_save, initial_backbone_weights, load_latest, save_checkpoint
 from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict
 from .distributed import DistributedContext
 from .metrics import MetricsLog
@@ -124,7 +124,11 @@ class _Run:
         backbone = create_backbone(
             model.backbone, embedding_size=model.embedding_size, dropout=model.dropout,
             **({"activation_checkpointing": True} if model.activation_checkpointing else {}),
-        ).to(self.device)
+        )
+        if model.init_from and resumed is None:
+            backbone.load_state_dict(initial_backbone_weights(model.init_from, model.backbone, model.embedding_size))
+            log.info("backbone weights from %s", model.init_from)
+        backbone = backbone.to(self.device)
         self.memory_format = torch.channels_last if model.channels_last else torch.contiguous_format
         backbone = backbone.to(memory_format=self.memory_format)
         self.backbone = backbone
