@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 if prefix:
                     emit(f"{prefix}{kind}_e_finetuned_accuracy", float(e.mean()))
                 for key, value in paired_gap(a, b, e).items():
-                    if key.startswith("d_minus_b") or key.startswith("gap_recovered"):
-                        emit(f"{prefix}{kind}_e_{key.replace('d_minus_b', 'e_minus_b')}", float(value))
+                    if not key.startswith("a_minus_b") and (prefix or key.endswith("_se") or key.endswith("_se_pct")):
+                        emit(f"{prefix}{kind}_{key.replace('d_minus_b', 'e_minus_b').replace('gap_', 'e_gap_')}", float(value))
     return 0
 
 
