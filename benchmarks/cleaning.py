@@ -13,6 +13,8 @@ For each noise kind (closed, open) at ``--rate`` (0.3):
   (d) `arcface clean` with (c) at 75 degrees, then ArcFace K=1 from scratch on the cleaned list
   (e) with ``--finetune-steps N``: instead of (d), fine-tune (c) on the cleaned list for N steps, its
       backbone (``model.init_from``) and a K=1 head from its dominant sub-centers (``head.init_from``)
+  (o) with ``--oracle``: ArcFace K=1 from scratch on exactly the samples the ground truth calls clean,
+      the best any cleaning that drops samples can do (its gap recovered bounds (d)'s)
 Printed, one per line: noise rates before/after cleaning, detection precision/recall, the four
 accuracies, and the gap recovered (d - b) / (a - b).
 
@@ -67,6 +69,16 @@ def write_lists(train_list: Path, aligned: Path, lfw: Path, min_images: int, out
         f"{aligned.resolve() / name / f'{name}_0001.jpg'} 0\n" for name, count in singles
         if count.strip() == "1" and (aligned / name / f"{name}_0001.jpg").is_file()))
     return clean, outside
+
+
+def write_oracle_list(truth: Path, out: Path) -> Path:
+    """The samples ``truth.tsv`` (from ``arcface data corrupt``) calls clean, labels renumbered 0..C'-1
+    in order of the old labels (a class whose samples were all corrupted is gone)."""
+    rows = [line.split("\t") for line in truth.read_text().splitlines()[1:] if line.strip()]
+    kept = [(path, int(label)) for path, label, noisy, _ in rows if noisy == "0"]
+    renumber = {old: new for new, old in enumerate(sorted({label for _, label in kept}))}
+    out.write_text("".join(f"{path} {renumber[label]}\n" for path, label in kept))
+    return out
 
 
 def arcface(*args: str) -> list[str]:
@@ -141,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["closed", "open"])
     parser.add_argument("--threshold-deg", type=float, default=75.0)
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--oracle", action="store_true", help="also arm (o): K=1 on the truly clean samples only")
     parser.add_argument("--finetune-steps", type=int, default=0, help="> 0: also arm (e), fine-tuning (c) on the cleaned list for this many steps")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
@@ -175,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"{kind}_dropped_recall_pct", 100 * truth["recall"])
         emit(f"{kind}_kept_samples", report["kept"])
         phase2[f"d_{kind}_cleaned_k1"] = train_command(f"d_{kind}_cleaned_k1", cleaned / "train.txt", HEAD, args, args.work)
+        if args.oracle:
+            oracle = write_oracle_list(args.work / f"noisy_{kind}" / "truth.tsv", args.work / f"oracle_{kind}.txt")
+            phase2[f"o_{kind}_truth_k1"] = train_command(f"o_{kind}_truth_k1", oracle, HEAD, args, args.work)
         if args.finetune_steps > 0:
             start = [f"model.init_from={args.work / f'c_{kind}_k3'}", f"head.init_from={cleaned / 'dominant_centers.pt'}"]
             phase2[f"e_{kind}_finetuned_k1"] = train_command(f"e_{kind}_finetuned_k1", cleaned / "train.txt", HEAD + start, args, args.work,
@@ -188,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"{kind}_c_noisy_k3_accuracy", c)
         emit(f"{kind}_d_cleaned_retrained_accuracy", d)
         emit(f"{kind}_gap_recovered_pct", gap_recovered(a, b, d))
+        if args.oracle:
+            o = accuracy(args.work, f"o_{kind}_truth_k1")
+            emit(f"{kind}_o_truth_accuracy", o)
+            emit(f"{kind}_o_gap_recovered_pct", gap_recovered(a, b, o))
         if args.finetune_steps > 0:
             e = accuracy(args.work, f"e_{kind}_finetuned_k1")
             emit(f"{kind}_e_finetuned_accuracy", e)
@@ -209,13 +229,14 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in paired_gap(a, b, d).items():
                 if prefix or key.endswith("_se") or key.endswith("_se_pct"):
                     emit(f"{prefix}{kind}_{key}", float(value))
-            if args.finetune_steps > 0:
-                e = folds(f"e_{kind}_finetuned_k1")
+            optional = [("o", f"o_{kind}_truth_k1", "truth")] * args.oracle + [("e", f"e_{kind}_finetuned_k1", "finetuned")] * (args.finetune_steps > 0)
+            for arm, name, what in optional:
+                x = folds(name)
                 if prefix:
-                    emit(f"{prefix}{kind}_e_finetuned_accuracy", float(e.mean()))
-                for key, value in paired_gap(a, b, e).items():
+                    emit(f"{prefix}{kind}_{arm}_{what}_accuracy", float(x.mean()))
+                for key, value in paired_gap(a, b, x).items():
                     if not key.startswith("a_minus_b") and (prefix or key.endswith("_se") or key.endswith("_se_pct")):
-                        emit(f"{prefix}{kind}_{key.replace('d_minus_b', 'e_minus_b').replace('gap_', 'e_gap_')}", float(value))
+                        emit(f"{prefix}{kind}_{key.replace('d_minus_b', f'{arm}_minus_b').replace('gap_', f'{arm}_gap_')}", float(value))
     return 0
 
 

@@ -149,3 +149,13 @@ def test_paired_gap_of_the_cleaning_sweep_against_fold_arithmetic():
     # the delta method's error is that of the mean residual win - ratio * gap, over the mean gap
     residual = win - ratio * gap
     assert result["gap_recovered_se_pct"] == pytest.approx(100 * residual.std(ddof=1) / math.sqrt(10) / gap.mean())
+
+
+def test_oracle_list_keeps_exactly_the_clean_samples_with_contiguous_labels(tmp_path):
+    write_oracle_list = load("cleaning").write_oracle_list
+    rows = [("a/1.jpg", 0, 0), ("a/2.jpg", 2, 1), ("b/1.jpg", 1, 1), ("b/2.jpg", 1, 1), ("c/1.jpg", 2, 0), ("c/2.jpg", 0, 1)]
+    truth = tmp_path / "truth.tsv"
+    truth.write_text("path\tlabel\tnoisy\ttrue_label\n" + "".join(f"{p}\t{label}\t{noisy}\t-\n" for p, label, noisy in rows))
+    lines = write_oracle_list(truth, tmp_path / "oracle.txt").read_text().splitlines()
+    # class 1 lost all its samples: labels 0 and 2 become 0 and 1, the order of the samples kept
+    assert lines == ["a/1.jpg 0", "c/1.jpg 1"]
