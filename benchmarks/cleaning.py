@@ -204,14 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"{kind}_c_noisy_k3_accuracy", c)
         emit(f"{kind}_d_cleaned_retrained_accuracy", d)
         emit(f"{kind}_gap_recovered_pct", gap_recovered(a, b, d))
-        if args.oracle:
-            o = accuracy(args.work, f"o_{kind}_truth_k1")
-            emit(f"{kind}_o_truth_accuracy", o)
-            emit(f"{kind}_o_gap_recovered_pct", gap_recovered(a, b, o))
-        if args.finetune_steps > 0:
-            e = accuracy(args.work, f"e_{kind}_finetuned_k1")
-            emit(f"{kind}_e_finetuned_accuracy", e)
-            emit(f"{kind}_e_gap_recovered_pct", gap_recovered(a, b, e))
+        for arm, name, what in optional_arms(kind, args):
+            x = accuracy(args.work, name)
+            emit(f"{kind}_{arm}_{what}_accuracy", x)
+            emit(f"{kind}_{arm}_gap_recovered_pct", gap_recovered(a, b, x))
     pair_sets = [("", args.pairs or args.lfw / "pairsDevTest.txt")] + ([("extra_", args.extra_pairs)] if args.extra_pairs else [])
     for prefix, pairs in pair_sets:
         def folds(name: str) -> np.ndarray:
@@ -229,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in paired_gap(a, b, d).items():
                 if prefix or key.endswith("_se") or key.endswith("_se_pct"):
                     emit(f"{prefix}{kind}_{key}", float(value))
-            optional = [("o", f"o_{kind}_truth_k1", "truth")] * args.oracle + [("e", f"e_{kind}_finetuned_k1", "finetuned")] * (args.finetune_steps > 0)
-            for arm, name, what in optional:
+            for arm, name, what in optional_arms(kind, args):
                 x = folds(name)
                 if prefix:
                     emit(f"{prefix}{kind}_{arm}_{what}_accuracy", float(x.mean()))
@@ -238,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                     if not key.startswith("a_minus_b") and (prefix or key.endswith("_se") or key.endswith("_se_pct")):
                         emit(f"{prefix}{kind}_{key.replace('d_minus_b', f'{arm}_minus_b').replace('gap_', f'{arm}_gap_')}", float(value))
     return 0
+
+
+def optional_arms(kind: str, args) -> list[tuple[str, str, str]]:
+    """(arm letter, run name, what it is) of the arms asked for beyond (a)-(d)."""
+    return [("o", f"o_{kind}_truth_k1", "truth")] * args.oracle + [("e", f"e_{kind}_finetuned_k1", "finetuned")] * (args.finetune_steps > 0)
 
 
 def gap_recovered(a: float, b: float, d: float) -> float:
