@@ -16,7 +16,8 @@ For each noise kind (closed, open) at ``--rate`` (0.3):
   (o) with ``--oracle``: ArcFace K=1 from scratch on exactly the samples the ground truth calls clean,
       the best any cleaning that drops samples can do (its gap recovered bounds (d)'s)
 Printed, one per line: noise rates before/after cleaning, detection precision/recall, the four
-accuracies, and the gap recovered (d - b) / (a - b).
+accuracies, and the gap recovered (d - b) / (a - b); for the arms asked for, ``{kind}_o_*`` and
+``{kind}_e_*`` lines the same way.
 
 Run from the repository root after `arcface lfw` prepared the aligned images (runs/cache)::
 
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/cleaning"))
     args = parser.parse_args(argv)
+    if args.finetune_steps < 0:
+        parser.error(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
     args.work.mkdir(parents=True, exist_ok=True)
     clean, outside = write_lists(args.train_list, args.aligned, args.lfw, args.min_images, args.work)
     emit("clean_samples", len(clean.read_text().splitlines()))
