@@ -9,7 +9,8 @@ training), 10 stratified folds.
 For each noise kind (closed, open) at ``--rate`` (0.3):
   (a) ArcFace K=1 on the clean data (shared by both kinds)
   (b) ArcFace K=1 on the noisy data
-  (c) sub-center ArcFace K=3 on the noisy data
+  (c) sub-center ArcFace K=3 on the noisy data (``--voting-steps`` steps, default ``--steps``: the model
+      that votes may be trained longer than the arms it is compared with)
   (d) `arcface clean` with (c) at 75 degrees, then ArcFace K=1 from scratch on the cleaned list
   (e) with ``--finetune-steps N``: instead of (d), fine-tune (c) on the cleaned list for N steps, its
       backbone (``model.init_from``) and a K=1 head from its dominant sub-centers (``head.init_from``)
@@ -131,8 +132,16 @@ def paired_gap(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> dict[str, float]:
 
 
 def pending(jobs: dict[str, list[str]], work: Path) -> dict[str, list[list[str]]]:
-    """The jobs whose training has not finished yet (no summary.json), as run_all wants them."""
+    """The jobs whose training has not finished yet (no summary.json), as run_all wants them.
+
+    A finished training of another step count (a work folder reused with other ``--steps``) is an error,
+    not silently reused."""
     done = [name for name in jobs if (work / name / "summary.json").is_file()]
+    for name in done:
+        wanted = next(int(arg.split("=", 1)[1]) for arg in jobs[name] if arg.startswith("schedule.max_steps="))
+        trained = json.loads((work / name / "summary.json").read_text())["steps"]
+        if trained != wanted:
+            sys.exit(f"{work / name} was trained for {trained} steps, this run asks for {wanted}: use another --work folder")
     for name in done:
         print(f"# {name}: finished before, not run again", file=sys.stderr)
     return {name: [command] for name, command in jobs.items() if name not in done}
@@ -154,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["closed", "open"])
     parser.add_argument("--threshold-deg", type=float, default=75.0)
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--voting-steps", type=int, help="steps of the sub-center model (c) that the cleaning uses (default --steps)")
     parser.add_argument("--oracle", action="store_true", help="also arm (o): K=1 on the truly clean samples only")
     parser.add_argument("--finetune-steps", type=int, default=0, help="> 0: also arm (e), fine-tuning (c) on the cleaned list for this many steps")
     parser.add_argument("--parallel", type=int, default=1)
@@ -163,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.finetune_steps < 0:
         parser.error(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    if args.voting_steps is not None and args.voting_steps < 1:
+        parser.error(f"--voting-steps must be >= 1, got {args.voting_steps}")
     args.work.mkdir(parents=True, exist_ok=True)
     clean, outside = write_lists(args.train_list, args.aligned, args.lfw, args.min_images, args.work)
     emit("clean_samples", len(clean.read_text().splitlines()))
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.kinds:
         noisy = args.work / f"noisy_{kind}" / "train.txt"
         phase1[f"b_{kind}_k1"] = train_command(f"b_{kind}_k1", noisy, HEAD, args, args.work)
-        phase1[f"c_{kind}_k3"] = train_command(f"c_{kind}_k3", noisy, SUBCENTER_HEAD, args, args.work)
+        phase1[f"c_{kind}_k3"] = train_command(f"c_{kind}_k3", noisy, SUBCENTER_HEAD, args, args.work, steps=args.voting_steps)
     run_all(pending(phase1, args.work), args.parallel, args.work)
     phase2 = {}
     for kind in args.kinds:

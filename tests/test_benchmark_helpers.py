@@ -159,3 +159,17 @@ def test_oracle_list_keeps_exactly_the_clean_samples_with_contiguous_labels(tmp_
     lines = write_oracle_list(truth, tmp_path / "oracle.txt").read_text().splitlines()
     # class 1 lost all its samples: labels 0 and 2 become 0 and 1, the order of the samples kept
     assert lines == ["a/1.jpg 0", "c/1.jpg 1"]
+
+
+def test_cleaning_sweep_reuses_finished_trainings_only_at_the_asked_step_count(tmp_path):
+    cleaning = load("cleaning")
+    args = type("Args", (), dict(workers=0, pairs=None, lfw=tmp_path, aligned=tmp_path, steps=1000))()
+    jobs = {name: cleaning.train_command(name, tmp_path / "list.txt", cleaning.HEAD, args, tmp_path, steps=steps)
+            for name, steps in (("finished", 1000), ("new", None), ("longer", 2000))}
+    for name in ("finished", "longer"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"steps": 1000}))
+    with pytest.raises(SystemExit, match="longer was trained for 1000 steps, this run asks for 2000"):
+        cleaning.pending(jobs, tmp_path)
+    del jobs["longer"]
+    assert cleaning.pending(jobs, tmp_path) == {"new": [jobs["new"]]}
