@@ -5,13 +5,15 @@ class centers). Open-set: invert the embedding of one real photo (image 1 of a s
 ``pairsDevTest.txt``) of as many unseen people. The judge embeds every generated image and the real
 photos: close-set, all training photos of the chosen classes; open-set, the *other* photo of each
 pair (not the one that was inverted). Each identity's template is the normalized mean of its photos'
-embeddings. Printed per variant of the optimization (``--variants``), one figure a line:
+embeddings. ``--min-photos N`` draws the close-set classes among those with at least N training photos
+(default 1: any class). Printed per variant of the optimization (``--variants``), one figure a line:
 
     <set>_<variant>_rank1_pct       generated images whose nearest template (of the N) is their own
     <set>_<variant>_cos_own         mean cosine to their own identity's template
     <set>_<variant>_cos_others      mean cosine to the other identities' templates
 
-and PNG grids (``<out>/inversion_<set>_<variant>.png``: open-set rows start with the real photo).
+and PNG grids (``<out>/inversion_<set>_<variant>.png``: open-set rows start with the real photo), and
+per generated image its hit and cosines (``<out>/judged_<set>_<variant>.tsv``; identity = row of the set).
 Variants: ``lambda0.05`` (the paper's prior weight with all our defaults), ``lambda0`` (no BatchNorm
 prior), ``no_jitter_flip`` (prior on, no random shift or mirror), ``pixels`` (the earlier defaults:
 Adam on the pixels at lr 0.1, open-set L2 weight 1), or
@@ -77,16 +79,23 @@ def templates(judge, groups: list[list[str]]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def judge_images(judge, images: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
-    """images (N, S, 3, H, W) of identity i in row i; gallery (N, D) templates."""
+def judge_images(judge, images: torch.Tensor, gallery: torch.Tensor, rows: Path | None = None) -> dict[str, float]:
+    """images (N, S, 3, H, W) of identity i in row i; gallery (N, D) templates.
+
+    With ``rows``, also writes one line per generated image there (identity row, start, hit, cosines)."""
     count, starts = images.shape[:2]
     embeddings = torch.from_numpy(embed_images(judge, images.flatten(0, 1), batch_size=64))
     cos = embeddings @ gallery.T  # (N*S, N)
     own = torch.arange(count).repeat_interleave(starts)
-    rank1 = (cos.argmax(1) == own).double().mean().item()
+    hits = cos.argmax(1) == own
     own_cos = cos[torch.arange(len(own)), own]
     others = (cos.sum(1) - own_cos) / (count - 1)
-    return {"rank1_pct": 100 * rank1, "cos_own": own_cos.mean().item(), "cos_others": others.mean().item()}
+    if rows is not None:
+        rows.write_text("identity\tstart\trank1_hit\tcos_own\tcos_best_other\n" + "".join(
+            f"{i}\t{k % starts}\t{int(hit)}\t{c:.4f}\t{best:.4f}\n"
+            for k, (i, hit, c, best) in enumerate(zip(own.tolist(), hits.tolist(), own_cos.tolist(),
+                                                      cos.scatter(1, own[:, None], -2.0).max(1).values.tolist()))))
+    return {"rank1_pct": 100 * hits.double().mean().item(), "cos_own": own_cos.mean().item(), "cos_others": others.mean().item()}
 
 
 VARIANTS: dict[str, dict] = {
@@ -138,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lfw", type=Path, required=True)
     parser.add_argument("--judge", required=True, help="independent ONNX face model, (x-127.5)/128")
     parser.add_argument("--identities", type=int, default=50)
+    parser.add_argument("--min-photos", type=int, default=1, help="close-set: draw the classes among those with at least this many training photos")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--starts", type=int, default=1)
     parser.add_argument("--batch", type=int, default=16)
@@ -156,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     judge, _ = load_face_model(args.judge, input_mean=127.5, input_std=128.0)
     rng = np.random.default_rng(args.seed)
     photos = class_photos(args.train_list, args.aligned)
-    classes = sorted(rng.choice(sorted(photos), size=args.identities, replace=False).tolist())
+    eligible = sorted(c for c, paths in photos.items() if len(paths) >= args.min_photos)
+    if len(eligible) < args.identities:
+        raise SystemExit(f"only {len(eligible)} classes have at least {args.min_photos} training photos; --identities is {args.identities}")
+    classes = sorted(rng.choice(eligible, size=args.identities, replace=False).tolist())
     people = unseen_people(args.lfw / "pairsDevTest.txt", args.aligned)
     people = [people[i] for i in sorted(rng.choice(len(people), size=args.identities, replace=False))]
     closed_gallery = templates(judge, [photos[c] for c in classes])
@@ -168,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         config = InversionConfig(**{"steps": args.steps, "seed": args.seed, "precision": args.precision, "device": args.device, **settings})
         if "closeset" in args.sets:
             closed = batched(lambda chunk: invert_classes(backbone, head, chunk, config, args.starts)[0], classes, args.batch, args.starts)
-            for key, value in judge_images(judge, closed, closed_gallery).items():
+            for key, value in judge_images(judge, closed, closed_gallery, args.out / f"judged_closeset_{name}.tsv").items():
                 emit(f"closeset_{name}_{key}", value)
             save_grid(closed[:8], args.out / f"inversion_closeset_{name}.png")
         if "openset" in args.sets:
             opened = batched(lambda chunk: invert_embeddings(backbone, chunk, config, args.starts)[0], targets, args.batch, args.starts)
-            for key, value in judge_images(judge, opened, open_gallery).items():
+            for key, value in judge_images(judge, opened, open_gallery, args.out / f"judged_openset_{name}.tsv").items():
                 emit(f"openset_{name}_{key}", value)
             save_grid(torch.cat([real[:8, None], opened[:8]], dim=1), args.out / f"inversion_openset_{name}.png")
     return 0

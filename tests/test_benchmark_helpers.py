@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -173,3 +174,24 @@ def test_cleaning_sweep_reuses_finished_trainings_only_at_the_asked_step_count(t
         cleaning.pending(jobs, tmp_path)
     del jobs["longer"]
     assert cleaning.pending(jobs, tmp_path) == {"new": [jobs["new"]]}
+
+
+def test_inversion_judge_rows_agree_with_cosines_computed_by_hand(tmp_path):
+    inversion = load("inversion")
+    judge = type("MeanColour", (torch.nn.Module,), {"forward": lambda self, x: x.mean((2, 3))})()
+    colours = torch.tensor([[[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]],     # identity 0: start 0 near its template, start 1 near identity 1's
+                            [[0.0, 1.0, 0.1], [0.0, 0.8, 0.3]],
+                            [[0.2, 0.0, 1.0], [0.5, 0.5, 0.5]]])    # (N=3, S=2, 3)
+    images = colours[..., None, None].expand(3, 2, 3, 8, 8).contiguous()
+    gallery = torch.nn.functional.normalize(torch.eye(3) + 0.05, dim=1)
+    summary = inversion.judge_images(judge, images, gallery, tmp_path / "rows.tsv")
+    cos = torch.nn.functional.normalize(colours.reshape(6, 3), dim=1) @ gallery.T
+    own = torch.tensor([0, 0, 1, 1, 2, 2])
+    rows = [line.split("\t") for line in (tmp_path / "rows.tsv").read_text().splitlines()[1:]]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(i, k) for i in range(3) for k in range(2)]
+    assert [int(r[2]) for r in rows] == (cos.argmax(1) == own).int().tolist() == [1, 0, 1, 1, 1, 0]
+    for row, c, i in zip(rows, cos, own.tolist()):
+        assert float(row[3]) == pytest.approx(c[i].item(), abs=1e-4)
+        assert float(row[4]) == pytest.approx(max(c[j].item() for j in range(3) if j != i), abs=1e-4)
+    assert summary["rank1_pct"] == pytest.approx(100 * 4 / 6)
+    assert summary["cos_own"] == pytest.approx(cos[torch.arange(6), own].mean().item(), abs=1e-5)
