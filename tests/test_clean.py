@@ -178,6 +178,14 @@ def test_clean_job_outputs_agree_with_a_direct_computation(face_list, tmp_path):
     assert ground["recall"] == pytest.approx(dropped_noisy / 6)
     assert ground["precision"] == pytest.approx(dropped_noisy / max(1, 24 - sum(keep)))
     assert ground["noise_rate_after"] == pytest.approx(sum(1 for k, n in zip(keep, truth) if k and n) / max(1, sum(keep)))
+    # The sweep: every threshold's counts as the literal rule at that threshold gives them.
+    assert [row["threshold_deg"] for row in report["threshold_sweep"]] == [60, 65, 70, 75, 80, 85, 90]
+    for row in report["threshold_sweep"]:
+        _, kept_t = reference_rule(cosines, labels, 6, row["threshold_deg"])
+        assert row["kept"] == sum(kept_t)
+        assert row["noisy_kept"] == sum(1 for k, n in zip(kept_t, truth) if k and n)
+        assert row["clean_dropped"] == sum(1 for k, n in zip(kept_t, truth) if not k and not n)
+    assert len({row["kept"] for row in report["threshold_sweep"]}) > 1, "the sweep must vary on this set to mean something"
 
 
 def test_clean_refuses_checkpoints_without_subcenters_or_of_another_dataset(face_list, tmp_path, caplog):

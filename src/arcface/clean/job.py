@@ -16,7 +16,8 @@ Outputs in the output folder:
     dominant_centers.pt    {"weight": (C', D)}: each kept class's dominant sub-center, for a K=1 head
                            (``head.init_from``) to fine-tune instead of retraining
     report.json            counts, the four categories of the paper's Figure 7, noise rates and
-                           detection precision / recall when a ground truth (truth.tsv) is given
+                           detection precision / recall when a ground truth (truth.tsv) is given, and
+                           ``threshold_sweep``: the same counts at 60, 65, ..., 90 degrees
     angles.png             Figure 7-like histograms (needs matplotlib; skipped without it)
 """
 
@@ -49,6 +50,7 @@ __all__ = ["clean_dataset"]
 logger = logging.getLogger(__name__)
 
 CHUNK = 16384  # samples embedded per chunk: bounds the memory of the embedding step
+SWEEP_DEG = (60.0, 65.0, 70.0, 75.0, 80.0, 85.0, 90.0)  # thresholds report.json also counts
 
 
 def _sub_centers(state: dict, path: Path) -> tuple[torch.Tensor, int, int]:
@@ -194,10 +196,18 @@ def clean_dataset(
                                   "p95": float(decision.dominant_angle.quantile(0.95))},
     }
     truth_path = Path(truth) if truth else (Path(data).parent / "truth.tsv" if Path(data).is_file() and not from_records else None)
-    if truth_path is not None and truth_path.is_file():
-        report["ground_truth"] = _against_truth(read_truth(truth_path), names, keep, truth_path)
+    truth_rows = read_truth(truth_path) if truth_path is not None and truth_path.is_file() else None
+    if truth_rows is not None:
+        report["ground_truth"] = _against_truth(truth_rows, names, keep, truth_path)
     elif truth:
         raise DataError(f"{truth}: ground-truth file not found")
+    # What other thresholds would keep (the paper calls 70-80 degrees safe; where a model sits in that
+    # range depends on how tightly it has fitted its data), without embedding the dataset again.
+    report["threshold_sweep"] = [
+        {"threshold_deg": t, "kept": int((decision.dominant_angle <= t).sum()),
+         **({key: value for key, value in _against_truth(truth_rows, names, decision.dominant_angle <= t, truth_path).items()
+             if key != "truth_file"} if truth_rows is not None else {})}
+        for t in SWEEP_DEG]
     report["plot"] = "angles.png" if _plot(decision, threshold_deg, out / "angles.png") else None
     report["seconds"] = time.perf_counter() - start
     _write(out / "report.json", json.dumps(report, indent=2) + "\n")
