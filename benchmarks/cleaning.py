@@ -83,6 +83,14 @@ def write_oracle_list(truth: Path, out: Path) -> Path:
     return out
 
 
+def check_same_threshold(cleaned: Path, threshold_deg: float) -> None:
+    """Exit if ``cleaned`` holds a cleaning at another threshold: the finished trainings on its list
+    would be reused for a list they were not trained on."""
+    earlier = cleaned / "report.json"
+    if earlier.is_file() and (before := json.loads(earlier.read_text())["threshold_deg"]) != threshold_deg:
+        sys.exit(f"{cleaned} was cleaned at {before} degrees, this run asks for {threshold_deg}: use another --work folder")
+
+
 def arcface(*args: str) -> list[str]:
     return [sys.executable, "-m", "arcface.cli", *args]
 
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     phase2 = {}
     for kind in args.kinds:
         cleaned = args.work / f"cleaned_{kind}"
+        check_same_threshold(cleaned, args.threshold_deg)
         subprocess.run(arcface("clean", str(args.work / f"c_{kind}_k3"), str(args.work / f"noisy_{kind}" / "train.txt"),
                                "--threshold-deg", str(args.threshold_deg), "--out", str(cleaned), "--quiet"),
                        check=True, stdout=subprocess.DEVNULL)

@@ -195,3 +195,13 @@ def test_inversion_judge_rows_agree_with_cosines_computed_by_hand(tmp_path):
         assert float(row[4]) == pytest.approx(max(c[j].item() for j in range(3) if j != i), abs=1e-4)
     assert summary["rank1_pct"] == pytest.approx(100 * 4 / 6)
     assert summary["cos_own"] == pytest.approx(cos[torch.arange(6), own].mean().item(), abs=1e-5)
+
+
+def test_cleaning_sweep_refuses_a_work_folder_cleaned_at_another_threshold(tmp_path):
+    check = load("cleaning").check_same_threshold
+    check(tmp_path / "cleaned_closed", 75.0)  # nothing cleaned yet
+    (tmp_path / "cleaned_closed").mkdir()
+    (tmp_path / "cleaned_closed" / "report.json").write_text(json.dumps({"threshold_deg": 75.0}))
+    check(tmp_path / "cleaned_closed", 75.0)
+    with pytest.raises(SystemExit, match="cleaned at 75.0 degrees, this run asks for 70.0"):
+        check(tmp_path / "cleaned_closed", 70.0)
