@@ -181,7 +181,7 @@ def test_inversion_judge_rows_agree_with_cosines_computed_by_hand(tmp_path):
     judge = type("MeanColour", (torch.nn.Module,), {"forward": lambda self, x: x.mean((2, 3))})()
     colours = torch.tensor([[[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]],     # identity 0: start 0 near its template, start 1 near identity 1's
                             [[0.0, 1.0, 0.1], [0.0, 0.8, 0.3]],
-                            [[0.2, 0.0, 1.0], [0.5, 0.5, 0.5]]])    # (N=3, S=2, 3)
+                            [[0.2, 0.0, 1.0], [0.6, 0.5, 0.4]]])    # (N=3, S=2, 3); grey would tie all three
     images = colours[..., None, None].expand(3, 2, 3, 8, 8).contiguous()
     gallery = torch.nn.functional.normalize(torch.eye(3) + 0.05, dim=1)
     summary = inversion.judge_images(judge, images, gallery, tmp_path / "rows.tsv")

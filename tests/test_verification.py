@@ -286,8 +286,8 @@ def test_embed_batch_size_independent_and_mode_restored():
     model.train()
     images = random_images(7, seed=1)
     results = [embed_images(model, images, batch_size=size) for size in (1, 3, 7, 64)]
-    for other in results[1:]:
-        np.testing.assert_allclose(other, results[0], atol=1e-6)
+    for other in results[1:]:  # fp32 kernels block by batch size: 1e-6 apart on some CPUs; batch statistics: 0.5
+        np.testing.assert_allclose(other, results[0], atol=1e-5)
     assert all(module.training for module in model.modules())  # back in train mode for the trainer
 
 
