@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from arcface.backbones import create_backbone
 from arcface.cli import main
@@ -64,6 +65,28 @@ def test_bn_prior_matches_the_literal_reference():
     assert float(ours) == pytest.approx(reference_bn_loss(model, images), rel=1e-4)
     with pytest.raises(ValueError, match="BatchNorm2d"):
         BNStatistics(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+def test_bn_prior_on_bf16_features_matches_the_float64_reference_and_gradient():
+    # BatchNorm first, so the layer's input is exactly the (bf16-rounded) images
+    bn = nn.BatchNorm2d(3).eval()
+    bn.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    bn.running_var.copy_(torch.tensor([0.5, 1.5, 2.0]))
+    model = nn.Sequential(bn)
+    images = (torch.rand(4, 3, 112, 112) * 2 - 1).bfloat16().float().requires_grad_(True)
+    exact = images.detach().double()
+    mean, std = exact.mean(dim=(0, 2, 3)), torch.sqrt(exact.var(dim=(0, 2, 3), unbiased=False) + bn.eps)
+    expected = float((mean - bn.running_mean.double()).norm() + (std - torch.sqrt(bn.running_var.double() + bn.eps)).norm())
+    gradients = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with BNStatistics(model) as prior:
+            model(images.to(dtype))
+            loss = prior.loss()
+        assert loss.dtype == torch.float32
+        assert float(loss) == pytest.approx(expected, rel=5e-3), dtype  # bf16: the C-sized results are rounded
+        (gradients[dtype],) = torch.autograd.grad(loss, images)
+    cosine = F.cosine_similarity(gradients[torch.float32].flatten(), gradients[torch.bfloat16].flatten(), dim=0)
+    assert float(cosine) > 0.99
 
 
 def test_open_set_losses_fall_and_seeds_repeat():

@@ -45,9 +45,11 @@ class BNStatistics:
         self._handles: list = []
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        features = inputs[0].float()
-        mean = features.mean(dim=(0, 2, 3))
-        variance = features.var(dim=(0, 2, 3), unbiased=False)
+        # One pass in the features' own dtype: the reduction accumulates in float32 even for bf16
+        # inputs, only the C-sized results are rounded; a float32 copy of every feature map first
+        # made the prior cost more than the network (benchmarks/inversion_speed.py).
+        variance, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), correction=0)
+        mean, variance = mean.float(), variance.float()
         eps = module.eps if self.eps is None else self.eps
         std, stored_std = torch.sqrt(variance + eps), torch.sqrt(module.running_var.float() + eps)
         self._terms.append(torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(std - stored_std))

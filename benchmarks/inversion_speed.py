@@ -1,0 +1,105 @@
+"""Speed of an inversion step: what the BatchNorm-statistics prior costs, before and after one-pass hooks.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/inversion_speed.py                  # iresnet18, batch 50, bf16, 3 rounds
+    .venv/bin/python benchmarks/inversion_speed.py --batch 16 --precision fp32
+
+One inversion step of ``arcface.invert.invert`` (close-set margin loss of a CosFace head, the
+default Fourier images, shift and mirror views, Adam) is timed three ways, alternately in each
+round (a, b, c, a, b, c, ...) so that the machine's noise falls on all of them alike:
+
+* ``library``: the prior as the library computes it (``BNStatistics``: ``torch.var_mean`` in the
+  features' own dtype, one pass).
+* ``float_copy``: the prior as it was computed before (a float32 copy of every BatchNorm input,
+  then its mean, then its variance): the reference the speedup is measured against.
+* ``no_prior``: lambda_bn = 0 with the hooks removed, the cost of the network alone.
+
+The backbone is built with random weights (speed does not depend on them). Each timing is one call
+of ``invert`` with ``--steps`` steps after a warm-up call; the figure is the best of ``--rounds``.
+Printed, one figure a line: ``<way>_s_per_step``, ``<way>_images_per_s`` and
+``library_speedup_vs_float_copy`` (float_copy time / library time, the median of the rounds' ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+
+import torch
+
+from arcface.backbones import create_backbone
+from arcface.heads import create_head
+from arcface.invert import InversionConfig, invert_classes
+from arcface.invert.bn_prior import BNStatistics
+
+from inversion import emit
+
+
+def float_copy_hook(self: BNStatistics, module, inputs, output) -> None:
+    """The earlier hook, kept here as the baseline: float32 copy, then mean, then variance."""
+    features = inputs[0].float()
+    mean = features.mean(dim=(0, 2, 3))
+    variance = features.var(dim=(0, 2, 3), unbiased=False)
+    std, stored_std = torch.sqrt(variance + module.eps), torch.sqrt(module.running_var.float() + module.eps)
+    self._terms.append(torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(std - stored_std))
+
+
+@contextmanager
+def hooks(way: str):
+    """Patch ``BNStatistics`` for one way of computing the prior (restored on exit)."""
+    saved = {name: getattr(BNStatistics, name) for name in ("_hook", "__enter__", "loss")}
+    if way == "float_copy":
+        BNStatistics._hook = float_copy_hook
+    elif way == "no_prior":
+        BNStatistics.__enter__ = lambda self: self  # no hooks registered
+        BNStatistics.loss = lambda self: torch.zeros(())
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(BNStatistics, name, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="iresnet18")
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed call")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    backbone = create_backbone(args.backbone).to(memory_format=torch.channels_last)
+    head = create_head("cosface", embedding_size=512, num_classes=max(args.batch, 2), scale=32.0)
+    classes = list(range(args.batch))
+    ways = ["library", "float_copy", "no_prior"]
+    times: dict[str, list[float]] = {way: [] for way in ways}
+
+    def one_call(way: str, steps: int) -> float:
+        config = InversionConfig(steps=steps, precision=args.precision, lambda_bn=0.0 if way == "no_prior" else 0.05)
+        with hooks(way):
+            start = time.perf_counter()
+            invert_classes(backbone, head, classes, config)
+            return (time.perf_counter() - start) / steps
+
+    for way in ways:
+        one_call(way, 1)  # warm-up: allocator, kernels
+    for _ in range(args.rounds):
+        for way in ways:
+            times[way].append(one_call(way, args.steps))
+    for way in ways:
+        best = min(times[way])
+        emit(f"{way}_s_per_step", best)
+        emit(f"{way}_images_per_s", args.batch / best)
+    emit("library_speedup_vs_float_copy", statistics.median(c / l for c, l in zip(times["float_copy"], times["library"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
