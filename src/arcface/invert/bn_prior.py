@@ -46,8 +46,9 @@ class BNStatistics:
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         # One pass in the features' own dtype: the reduction accumulates in float32 even for bf16
-        # inputs, only the C-sized results are rounded; a float32 copy of every feature map first
-        # made the prior cost more than the network (benchmarks/inversion_speed.py).
+        # inputs, only the C-sized results are rounded. Against a float32 copy of every feature map
+        # then mean then variance: 1.07x faster bf16 steps, yet the prior still costs about what the
+        # network does (benchmarks/inversion_speed.py, docs/inversion.md).
         variance, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), correction=0)
         mean, variance = mean.float(), variance.float()
         eps = module.eps if self.eps is None else self.eps
