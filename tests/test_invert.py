@@ -67,6 +67,26 @@ def test_bn_prior_matches_the_literal_reference():
         BNStatistics(nn.Sequential(nn.Conv2d(3, 3, 1)))
 
 
+def test_bn_prior_for_logging_only_has_the_same_value_and_no_gradient(monkeypatch):
+    model = Tiny().eval()
+    images = (torch.rand(4, 3, 112, 112) * 2 - 1).requires_grad_(True)
+    with BNStatistics(model, track_gradient=False) as prior:
+        model(images)
+        logged = prior.loss()
+    assert not logged.requires_grad
+    assert float(logged) == pytest.approx(reference_bn_loss(model, images.detach()), rel=1e-4)
+    # lambda_bn = 0 skips the prior's backward: the images and the logged L_bn are those of a run whose
+    # prior keeps its gradient (there multiplied by 0), bit for bit
+    config = InversionConfig(steps=6, lambda_bn=0.0, seed=2)
+    target = torch.randn(2, 8)
+    skipped, skipped_history = invert_embeddings(model, target, config)
+    tracking = BNStatistics.__init__
+    monkeypatch.setattr(BNStatistics, "__init__", lambda self, m, eps=None, track_gradient=True: tracking(self, m, eps, True))
+    kept, kept_history = invert_embeddings(model, target, config)
+    assert torch.equal(skipped, kept)
+    assert skipped_history == kept_history
+
+
 def test_bn_prior_on_bf16_features_matches_the_float64_reference_and_gradient():
     # BatchNorm first, so the layer's input is exactly the (bf16-rounded) images
     bn = nn.BatchNorm2d(3).eval()
@@ -83,7 +103,7 @@ def test_bn_prior_on_bf16_features_matches_the_float64_reference_and_gradient():
             model(images.to(dtype))
             loss = prior.loss()
         assert loss.dtype == torch.float32
-        assert float(loss) == pytest.approx(expected, rel=5e-3), dtype  # bf16: the C-sized results are rounded
+        assert float(loss.detach()) == pytest.approx(expected, rel=5e-3), dtype  # bf16: the C-sized results are rounded
         (gradients[dtype],) = torch.autograd.grad(loss, images)
     cosine = F.cosine_similarity(gradients[torch.float32].flatten(), gradients[torch.bfloat16].flatten(), dim=0)
     assert float(cosine) > 0.99

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .channel_moments import channel_moments
+
 __all__ = ["BNStatistics", "batchnorm_layers"]
 
 
@@ -32,25 +34,29 @@ class BNStatistics:
     ...     embeddings = backbone(images)
     ...     loss = task_loss + 0.05 * prior.loss()
 
+    Args:
+        track_gradient: False to compute ``L_bn`` for logging only (lambda_bn = 0): the statistics are
+            taken of detached features, so the backward pass skips the prior, which otherwise writes a
+            gradient the size of every feature map and costs about as much as the network.
+
     Raises:
         ValueError: the model has no BatchNorm2d layer with running statistics.
     """
 
-    def __init__(self, model: nn.Module, eps: float | None = None):
+    def __init__(self, model: nn.Module, eps: float | None = None, track_gradient: bool = True):
         self.layers = batchnorm_layers(model)
         if not self.layers:
             raise ValueError("the model has no BatchNorm2d layers with running statistics: the BN prior needs them")
         self.eps = eps
+        self.track_gradient = track_gradient
         self._terms: list[torch.Tensor] = []
         self._handles: list = []
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        # One pass in the features' own dtype: the reduction accumulates in float32 even for bf16
-        # inputs, only the C-sized results are rounded. Against a float32 copy of every feature map
-        # then mean then variance: 1.07x faster bf16 steps, yet the prior still costs about what the
-        # network does (benchmarks/inversion_speed.py, docs/inversion.md).
-        variance, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), correction=0)
-        mean, variance = mean.float(), variance.float()
+        # In the features' own dtype (bf16 under autocast), no float32 copy of the feature map; on the
+        # CPU by matrix products (channel_moments.py; benchmarks/inversion_speed.py, docs/inversion.md).
+        features = inputs[0] if self.track_gradient else inputs[0].detach()
+        variance, mean = channel_moments(features)
         eps = module.eps if self.eps is None else self.eps
         std, stored_std = torch.sqrt(variance + eps), torch.sqrt(module.running_var.float() + eps)
         self._terms.append(torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(std - stored_std))

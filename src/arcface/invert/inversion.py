@@ -72,7 +72,7 @@ def invert(
         parameter.requires_grad_(False)
     optimizer = torch.optim.Adam(images.parameters(), lr=config.lr, betas=(0.5, 0.99))
     history: dict[str, list[float]] = {"task": [], "bn": []}
-    prior = BNStatistics(backbone)
+    prior = BNStatistics(backbone, track_gradient=config.lambda_bn > 0)  # at 0, L_bn is only logged
     dtype = torch.bfloat16 if config.precision == "bf16" else None
     try:
         with tqdm(range(config.steps), desc="invert", unit="step", disable=not progress, dynamic_ncols=True) as bar:
@@ -82,7 +82,9 @@ def invert(
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 with prior, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    embeddings = backbone(views(images(), generator))
+                    # channels-last input: convolutions and the prior's sums run faster on the CPU
+                    # (iresnet18, batch 50: 2.42 s/step vs 2.80 bf16, 4.53 vs 5.52 fp32)
+                    embeddings = backbone(views(images(), generator).contiguous(memory_format=torch.channels_last))
                     bn_loss = prior.loss()
                 task = task_loss(embeddings.float())
                 loss = task + config.lambda_bn * bn_loss
