@@ -205,3 +205,23 @@ def test_cleaning_sweep_refuses_a_work_folder_cleaned_at_another_threshold(tmp_p
     check(tmp_path / "cleaned_closed", 75.0)
     with pytest.raises(SystemExit, match="cleaned at 75.0 degrees, this run asks for 70.0"):
         check(tmp_path / "cleaned_closed", 70.0)
+
+
+def test_inversion_ablation_figure_reads_back_the_grids_and_the_judged_rows(tmp_path):
+    from arcface.invert import save_grid
+    from arcface.invert.job import to_uint8
+
+    figure = load("inversion_ablation_figure")
+    images = torch.rand(3, 1, 3, 112, 112) * 2 - 1  # three targets, one start: the benchmark's column grid
+    save_grid(images, tmp_path / "inversion_closeset_v.png")
+    row = figure.grid_row(tmp_path, "closeset", "v")
+    assert row.shape == (112, 3 * 114, 3)
+    expected = to_uint8(images)[:, 0]  # (3, 112, 112, 3) RGB
+    for k in range(3):
+        assert np.array_equal(row[:, k * 114 : k * 114 + 112], expected[k])
+    (tmp_path / "judged_closeset_v.tsv").write_text(
+        "identity\tstart\trank1_hit\tcos_own\tcos_best_other\n0\t0\t1\t0.30\t0.1\n1\t0\t0\t0.10\t0.2\n2\t0\t1\t0.20\t0.1\n3\t0\t1\t0.40\t0.3\n")
+    rank1, cos_own, count = figure.judged(tmp_path, "closeset", "v")
+    assert (rank1, count) == (75.0, 4) and cos_own == pytest.approx(0.25)
+    with pytest.raises(SystemExit, match="not found"):
+        figure.judged(tmp_path, "openset", "v")
