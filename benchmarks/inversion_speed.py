@@ -48,9 +48,7 @@ from inversion import emit
 def var_mean_hook(self: BNStatistics, module, inputs, output) -> None:
     """The previous hook, kept here as a baseline: one ``torch.var_mean`` pass, autograd's backward."""
     variance, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), correction=0)
-    mean, variance = mean.float(), variance.float()
-    std, stored_std = torch.sqrt(variance + module.eps), torch.sqrt(module.running_var.float() + module.eps)
-    self._terms.append(torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(std - stored_std))
+    self._record(module, variance.float(), mean.float())
 
 
 def float_copy_hook(self: BNStatistics, module, inputs, output) -> None:
@@ -58,8 +56,7 @@ def float_copy_hook(self: BNStatistics, module, inputs, output) -> None:
     features = inputs[0].float()
     mean = features.mean(dim=(0, 2, 3))
     variance = features.var(dim=(0, 2, 3), unbiased=False)
-    std, stored_std = torch.sqrt(variance + module.eps), torch.sqrt(module.running_var.float() + module.eps)
-    self._terms.append(torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(std - stored_std))
+    self._record(module, variance, mean)
 
 
 @contextmanager

@@ -57,6 +57,10 @@ class BNStatistics:
         # CPU by matrix products (channel_moments.py; benchmarks/inversion_speed.py, docs/inversion.md).
         features = inputs[0] if self.track_gradient else inputs[0].detach()
         variance, mean = channel_moments(features)
+        self._record(module, variance, mean)
+
+    def _record(self, module: nn.BatchNorm2d, variance: torch.Tensor, mean: torch.Tensor) -> None:
+        """Add the layer's term from the batch's (C,) float32 variance and mean."""
         eps = module.eps if self.eps is None else self.eps
         std, stored_std = torch.sqrt(variance + eps), torch.sqrt(module.running_var.float() + eps)
         self._terms.append(torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(std - stored_std))
