@@ -183,7 +183,7 @@ def test_command_defaults_are_the_configs():
 
     args = build_parser().parse_args(["invert", "ckpt.pt", "--classes", "0", "--out", "x"])
     defaults = InversionConfig()
-    for field in ("steps", "lambda_bn", "lr", "jitter", "scale_jitter", "rotate_deg", "parameterization", "fourier_decay", "embedding_weight",
+    for field in ("steps", "lambda_bn", "lr", "jitter", "scale_jitter", "rotate_deg", "color_shift", "parameterization", "fourier_decay", "embedding_weight",
                   "seed"):
         assert getattr(args, field) == getattr(defaults, field), field
     assert args.no_flip == (not defaults.flip)

@@ -14,7 +14,7 @@ from arcface.invert.parameterization import ImageParameterization
 def test_identity_views_return_the_images_and_seeds_repeat():
     images = torch.rand(3, 3, 16, 16)
     assert ViewAugmentation()(images, torch.Generator().manual_seed(0)) is images
-    views = ViewAugmentation(jitter=3, scale=0.1, rotate_deg=10, flip=True)
+    views = ViewAugmentation(jitter=3, scale=0.1, rotate_deg=10, flip=True, color=0.2)
     first = views(images, torch.Generator().manual_seed(5))
     assert torch.equal(first, views(images, torch.Generator().manual_seed(5)))
     assert not torch.equal(first, views(images, torch.Generator().manual_seed(6)))
@@ -56,9 +56,37 @@ def test_zoom_and_rotation_views_sample_where_the_affine_map_says():
     assert float(centre_x.abs().max()) < 0.5
 
 
+def test_color_views_are_one_gain_and_offset_per_channel_of_each_image():
+    """Each view's channel is a * x + b of the image's (least squares recovers a, b exactly), with a in
+    [1 - c, 1 + c] and b in [-c, c], drawn anew for every image and channel."""
+    color = 0.3
+    images = torch.rand(30, 3, 10, 10, dtype=torch.float64) * 2 - 1
+    views = ViewAugmentation(color=color)(images, torch.Generator().manual_seed(4))
+    x, y = images.flatten(2), views.flatten(2)  # (B, C, P)
+    design = torch.stack([x, torch.ones_like(x)], dim=-1)  # (B, C, P, 2)
+    solution = torch.linalg.lstsq(design, y.unsqueeze(-1)).solution.squeeze(-1)  # (B, C, 2)
+    gain, offset = solution[..., 0], solution[..., 1]
+    torch.testing.assert_close((design @ solution.unsqueeze(-1)).squeeze(-1), y)
+    assert float((gain - 1).abs().max()) <= color + 1e-9 and float(offset.abs().max()) <= color + 1e-9
+    assert float(gain.std()) > color / 4 and float(offset.std()) > color / 4  # really random, per image and channel
+    assert float((gain[:, 0] - gain[:, 1]).abs().mean()) > color / 10
+
+
+def test_color_views_follow_the_geometric_view():
+    """With shifts and a colour shift, the view is the geometric view with its colours changed."""
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    both = ViewAugmentation(jitter=2, flip=True, color=0.2)(images, torch.Generator().manual_seed(9))
+    geometric = ViewAugmentation(jitter=2, flip=True)(images, torch.Generator().manual_seed(9))
+    x, y = geometric.flatten(2).double(), both.flatten(2).double()
+    design = torch.stack([x, torch.ones_like(x)], dim=-1)
+    fitted = (design @ torch.linalg.lstsq(design, y.unsqueeze(-1)).solution).squeeze(-1)
+    torch.testing.assert_close(fitted, y, atol=1e-5, rtol=0)
+    assert not torch.allclose(both, geometric)
+
+
 def test_views_pass_gradients_to_the_images():
     images = torch.rand(2, 3, 16, 16, requires_grad=True)
-    ViewAugmentation(jitter=2, scale=0.1, rotate_deg=5, flip=True)(images, torch.Generator().manual_seed(0)).sum().backward()
+    ViewAugmentation(jitter=2, scale=0.1, rotate_deg=5, flip=True, color=0.2)(images, torch.Generator().manual_seed(0)).sum().backward()
     assert images.grad is not None and float(images.grad.abs().sum()) > 0
 
 
@@ -122,7 +150,7 @@ def test_parameterization_lives_on_the_requested_device(kind):
 @pytest.mark.parametrize(
     "field, value, message",
     [("fourier_decay", -0.5, "fourier_decay must be in"), ("fourier_decay", 4.0, "fourier_decay must be in"),
-     ("scale_jitter", 1.0, "scale_jitter must be in"), ("parameterization", "wavelet", "parameterization must be one of")],
+     ("scale_jitter", 1.0, "scale_jitter must be in"), ("color_shift", 1.0, "color_shift must be in"), ("color_shift", -0.1, "color_shift must be in"), ("parameterization", "wavelet", "parameterization must be one of")],
 )
 def test_bad_view_and_parameterization_settings_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):

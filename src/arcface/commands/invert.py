@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
             raise CommandError(f"{path}: not a .npy array ({error})") from None
     config = InversionConfig(
         steps=args.steps, lambda_bn=args.lambda_bn, lr=args.lr, jitter=args.jitter, flip=not args.no_flip,
-        scale_jitter=args.scale_jitter, rotate_deg=args.rotate_deg, parameterization=args.parameterization,
+        scale_jitter=args.scale_jitter, rotate_deg=args.rotate_deg, color_shift=args.color_shift, parameterization=args.parameterization,
         fourier_decay=args.fourier_decay, embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision,
         device=_device(args.device),
     )
@@ -88,6 +88,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--jitter", type=int, default=4, help="random shift of each image per step, in pixels (0: off)")
     parser.add_argument("--scale-jitter", type=float, default=0.0, help="random zoom per step by a factor in [1-x, 1+x] (0: off)")
     parser.add_argument("--rotate-deg", type=float, default=0.0, help="random rotation per step, up to this many degrees (0: off)")
+    parser.add_argument("--color-shift", type=float, default=0.0,
+                        help="random gain 1 +- x and offset +- x per colour channel of each image per step (0: off)")
     parser.add_argument("--no-flip", action="store_true", help="no random mirroring per step")
     parser.add_argument("--embedding-weight", type=float, default=8.0,
                         help="open-set: weight of the L2 loss between the normalized embeddings")

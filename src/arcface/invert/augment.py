@@ -1,9 +1,14 @@
-"""Random views of the images being inverted: one random shift, scale, rotation and mirror per image.
+"""Random views of the images being inverted: one random shift, scale, rotation, mirror and colour shift per image.
 
 Each optimization step shows the network a randomly transformed copy of the batch, so an image can
 only lower the loss with patterns the network reads wherever they land, not with pixel-exact ones it
 reads at one position and size (DeepInversion's and feature visualization's observation). The views
 are one ``grid_sample`` per batch, so each image gets its own transform at no extra network cost.
+
+The colour shift (``color``) scales and offsets each channel of each view by random amounts (Plug-In
+Inversion's "ColorShift", Ghiasi et al. 2022): an image then cannot lower the loss with exact colour
+values, only with the shapes and contrasts that survive a change of white balance and exposure, which
+are also what another face network reads (docs/inversion.md).
 """
 
 from __future__ import annotations
@@ -20,21 +25,36 @@ __all__ = ["ViewAugmentation"]
 @dataclass(frozen=True)
 class ViewAugmentation:
     """Per-image random view: shift up to ``jitter`` pixels, scale by a factor in [1 - scale, 1 + scale],
-    rotate by up to ``rotate_deg`` degrees, mirror with probability 1/2 when ``flip``."""
+    rotate by up to ``rotate_deg`` degrees, mirror with probability 1/2 when ``flip``; then each channel
+    c becomes ``x_c * (1 + a_c) + b_c`` with a_c, b_c uniform in [-color, color] (images in [-1, 1])."""
 
     jitter: int = 0
     scale: float = 0.0
     rotate_deg: float = 0.0
     flip: bool = False
+    color: float = 0.0
 
     @property
     def identity(self) -> bool:
-        return not (self.jitter or self.scale or self.rotate_deg or self.flip)
+        return not (self.jitter or self.scale or self.rotate_deg or self.flip or self.color)
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.jitter or self.scale or self.rotate_deg or self.flip)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """images (B, C, H, W) -> (B, C, H, W), differentiable; ``generator`` (CPU) makes it repeatable."""
         if self.identity:
             return images
+        views = self._geometric(images, generator) if self.geometric else images
+        if self.color:
+            count, channels = images.shape[:2]
+            gain = 1 + (torch.rand(count, channels, 1, 1, generator=generator) * 2 - 1) * self.color
+            offset = (torch.rand(count, channels, 1, 1, generator=generator) * 2 - 1) * self.color
+            views = views * gain.to(views.device, views.dtype) + offset.to(views.device, views.dtype)
+        return views
+
+    def _geometric(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         count, _, height, width = images.shape
 
         def uniform(bound: float) -> torch.Tensor:

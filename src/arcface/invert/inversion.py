@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 
 def _views(config: InversionConfig) -> ViewAugmentation:
-    return ViewAugmentation(jitter=config.jitter, scale=config.scale_jitter, rotate_deg=config.rotate_deg, flip=config.flip)
+    return ViewAugmentation(jitter=config.jitter, scale=config.scale_jitter, rotate_deg=config.rotate_deg, flip=config.flip,
+                            color=config.color_shift)
 
 
 def invert(
