@@ -175,6 +175,8 @@ def test_bad_input_is_refused(tmp_path, caplog):
         main(["invert", "--help"])
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--scale-jitter", "1.5", "--out", str(tmp_path / "y")]) == 2
     assert "scale_jitter must be in [0, 1)" in caplog.text and not (tmp_path / "y").exists()
+    assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--color-shift", "1", "--out", str(tmp_path / "z")]) == 2
+    assert "color_shift must be in [0, 1)" in caplog.text and not (tmp_path / "z").exists()
 
 
 def test_command_defaults_are_the_configs():
