@@ -7,8 +7,8 @@ are one ``grid_sample`` per batch, so each image gets its own transform at no ex
 
 The colour shift (``color``) scales and offsets each channel of each view by random amounts (Plug-In
 Inversion's "ColorShift", Ghiasi et al. 2022): an image then cannot lower the loss with exact colour
-values, only with the shapes and contrasts that survive a change of white balance and exposure, which
-are also what another face network reads (docs/inversion.md).
+values, only with the shapes and contrasts that survive a change of white balance and exposure. For face
+inversion it gave no reliable gain by the independent judge (docs/inversion.md), so it is off by default.
 """
 
 from __future__ import annotations
