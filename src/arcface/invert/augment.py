@@ -35,12 +35,12 @@ class ViewAugmentation:
     color: float = 0.0
 
     @property
-    def identity(self) -> bool:
-        return not (self.jitter or self.scale or self.rotate_deg or self.flip or self.color)
-
-    @property
     def geometric(self) -> bool:
         return bool(self.jitter or self.scale or self.rotate_deg or self.flip)
+
+    @property
+    def identity(self) -> bool:
+        return not (self.geometric or self.color)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """images (B, C, H, W) -> (B, C, H, W), differentiable; ``generator`` (CPU) makes it repeatable."""
