@@ -74,6 +74,24 @@ def test_each_photometric_op_does_what_it_says():
         assert 0.7 - 1e-4 <= slope <= 1.3 + 1e-4
 
 
+def test_noise_is_zero_mean_white_with_a_per_image_std_in_range_and_unclipped():
+    image = torch.rand(3, 112, 112) * 2 - 1
+    stds = []
+    for seed in range(40):
+        residual = augment_face(image, AugmentConfig(noise=0.5), torch.Generator().manual_seed(seed)) - image
+        std = residual.std().item()
+        stds.append(std)
+        assert abs(residual.mean().item()) < 4 * std / math.sqrt(residual.numel()) + 1e-6  # zero mean
+        if std > 0.05:  # white: neighbouring pixels uncorrelated, each channel alike
+            neighbours = torch.corrcoef(torch.stack([residual[..., :-1].flatten(), residual[..., 1:].flatten()]))[0, 1]
+            assert abs(neighbours.item()) < 0.02
+            assert max(residual[c].std().item() for c in range(3)) < 1.05 * min(residual[c].std().item() for c in range(3))
+    assert max(stds) <= 0.5 * 1.02 and min(stds) < 0.1 and max(stds) > 0.4  # drawn per image in [0, 0.5]
+    loud = [augment_face(image, AugmentConfig(noise=2.0), torch.Generator().manual_seed(seed)) for seed in range(3)]
+    assert max(x.abs().max().item() for x in loud) > 1.5  # not clipped to [-1, 1]
+    assert AugmentConfig(noise=0.1).enabled
+
+
 def test_augmentation_is_a_function_of_the_generator_and_stays_in_range():
     image = torch.rand(3, 112, 112) * 2 - 1
     first = augment_face(image, ALL, torch.Generator().manual_seed(3))
@@ -113,6 +131,8 @@ def test_sampler_encodes_the_epoch_so_each_epoch_augments_differently():
 def test_bad_augment_values_name_the_key():
     with pytest.raises(ConfigError, match="data.augment.erase"):
         load_config(None, ["data.augment.erase=1.5"])
+    with pytest.raises(ConfigError, match="data.augment.noise"):
+        load_config(None, ["data.augment.noise=-0.1"])
     with pytest.raises(ConfigError, match="data.augment.nope"):
         load_config(None, ["data.augment.nope=1"])
     assert load_config(None, ["optim.weight_decay=1e-3"]).optim.weight_decay == 1e-3  # YAML 1.1 reads 1e-3 as text

@@ -16,6 +16,7 @@ from arcface.cli import main
 from arcface.data.errors import DataError
 from arcface.eval import embed_images
 from arcface.data.datasets import FaceTransform, ListDataset
+from arcface.train.checkpoint import save_checkpoint
 from arcface.train.config import HeadConfig, TrainConfig, config_to_dict
 from arcface.train.head_state import build_training_head
 
@@ -208,6 +209,17 @@ def test_head_init_from_dominant_centers(tmp_path):
     with pytest.raises(ValueError, match=r"\(6, 8\)"):
         build_training_head(HeadConfig(name="arcface", init_from=str(tmp_path / "centers.pt")), 6, 8, 0, 1, seed=0)
     assert build_training_head(HeadConfig(name="subcenter_arcface"), 5, 8, 0, 1, seed=0).sub_centers == 3  # the preset's K
+    # A training checkpoint, as a file or as its run folder (the newest checkpoint): its head's centers.
+    trained = torch.randn(5, 8)
+    save_checkpoint({"config": {}, "step": 3, "head": {"weight": trained}}, tmp_path / "run", step=3, keep_last=1)
+    save_checkpoint({"config": {}, "step": 1, "head": {"weight": weight}}, tmp_path / "run", step=1, keep_last=2)
+    for source in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "step_00000003.pt"):
+        head = build_training_head(HeadConfig(name="arcface", init_from=str(source)), 5, 8, 0, 1, seed=0)
+        torch.testing.assert_close(head.weight.detach(), trained)
+    with pytest.raises(ValueError, match="head.init_from.*no checkpoints"):
+        build_training_head(HeadConfig(name="arcface", init_from=str(tmp_path)), 5, 8, 0, 1, seed=0)
+    with pytest.raises(ValueError, match="head.init_from.*not found"):
+        build_training_head(HeadConfig(name="arcface", init_from=str(tmp_path / "missing.pt")), 5, 8, 0, 1, seed=0)
 
 
 def _records_by_image(rec: Path) -> dict[bytes, int]:

@@ -30,10 +30,14 @@ class AugmentConfig:
     color: float = 0.0  # brightness and contrast changes up to this fraction
     grayscale: float = 0.0  # probability of turning the image gray
     erase: float = 0.0  # probability of erasing a random rectangle (2-20% of the area) to gray
+    # Gaussian noise added last, its std drawn per image in [0, noise] (images span [-1, 1]), not
+    # clipped. Off in the recipes; docs/inversion.md "Models fine-tuned on noisy and on adversarial
+    # faces" measures what it does for inversion.
+    noise: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return any(value > 0 for value in (self.scale, self.shift, self.rotate, self.color, self.grayscale, self.erase))
+        return any(value > 0 for value in (self.scale, self.shift, self.rotate, self.color, self.grayscale, self.erase, self.noise))
 
     def validate(self) -> list[tuple[bool, str]]:
         """(condition, message) pairs, as TrainConfig.validate checks them."""
@@ -44,6 +48,7 @@ class AugmentConfig:
             (0 <= self.color < 1, "data.augment.color must be in [0, 1)"),
             (0 <= self.grayscale <= 1, "data.augment.grayscale must be a probability in [0, 1]"),
             (0 <= self.erase <= 1, "data.augment.erase must be a probability in [0, 1]"),
+            (0 <= self.noise <= 2, "data.augment.noise must be in [0, 2] (a std; images span [-1, 1])"),
         ]
 
 
@@ -90,7 +95,7 @@ def augment_face(image: torch.Tensor, config: AugmentConfig, generator: torch.Ge
         generator: the source of every random number.
 
     Returns:
-        (3, H, W) float in [-1, 1].
+        (3, H, W) float, in [-1, 1] unless ``config.noise`` adds its (unclipped) noise.
     """
     if config.scale or config.shift or config.rotate:
         image = _geometric(image, config, generator)
@@ -112,4 +117,8 @@ def augment_face(image: torch.Tensor, config: AugmentConfig, generator: torch.Ge
         left = int(torch.randint(0, width - box_w + 1, (), generator=generator))
         image = image.clone()
         image[:, top : top + box_h, left : left + box_w] = 0.0
-    return image.clamp_(-1.0, 1.0)
+    image = image.clamp_(-1.0, 1.0)
+    if config.noise:
+        std = _uniform(generator, 0.0, config.noise)
+        image = image + std * torch.randn(image.shape, generator=generator)
+    return image

@@ -75,7 +75,7 @@ class HeadConfig:
     m2: float | None = None
     m3: float | None = None
     sub_centers: int | None = None  # None: the preset's (subcenter_arcface: 3, the others: 1)
-    init_from: str | None = None  # (C, D) centers to start from: dominant_centers.pt of `arcface clean` (fine-tuning)
+    init_from: str | None = None  # (C, D) centers to start from: dominant_centers.pt of `arcface clean`, or a checkpoint / run folder (fine-tuning)
     sample_rate: float = 1.0  # partial FC: fraction of each rank's class centers used per step
     options: dict = field(default_factory=dict)  # further create_head arguments (pi_region, intra_weight, ...)
 

@@ -8,12 +8,15 @@ centers and the full optimizer rows, so a run can resume with a different number
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
 from ..heads import COMBINED_PRESETS, create_head
 from ..heads.init import seeded_normal_rows
 from ..heads.partial_fc import PartialFCHead
+from .checkpoint import CheckpointError, load_checkpoint_or_run
 from .config import HeadConfig
 
 __all__ = ["build_training_head", "head_full_state", "load_head_full_state", "optimizer_full_state", "load_optimizer_full_state"]
@@ -55,13 +58,22 @@ def build_training_head(config: HeadConfig, num_classes: int, embedding_size: in
 
 
 def initial_centers(path: str, rows: int, embedding_size: int) -> torch.Tensor:
-    """(rows, D) class centers from a file holding ``{"weight": tensor}`` (``arcface clean``'s dominant_centers.pt)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"head.init_from: {path} not found") from None
-    except Exception as error:
-        raise ValueError(f"head.init_from: cannot read {path} ({type(error).__name__}: {error})") from None
+    """(rows, D) class centers to start from: a file holding ``{"weight": tensor}`` (``arcface clean``'s
+    dominant_centers.pt), or a training checkpoint or run folder (its head's centers: fine-tuning)."""
+    if Path(path).is_dir():
+        try:
+            state = load_checkpoint_or_run(path)[1]
+        except CheckpointError as error:
+            raise ValueError(f"head.init_from: {error}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"head.init_from: {path} not found") from None
+        except Exception as error:
+            raise ValueError(f"head.init_from: cannot read {path} ({type(error).__name__}: {error})") from None
+    if isinstance(state, dict) and "weight" not in state and isinstance(state.get("head"), dict):
+        state = state["head"]  # a training checkpoint
     weight = state.get("weight") if isinstance(state, dict) else None
     if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (rows, embedding_size):
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
