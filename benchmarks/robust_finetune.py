@@ -4,6 +4,9 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/robust_finetune.py runs/lfw_full_v6 --noise 1.0 --out runs/pag_noise1.0
     .venv/bin/python benchmarks/robust_finetune.py runs/lfw_full_v6 --adversarial 4.0 --out runs/pag_adv4
+    .venv/bin/python benchmarks/robust_finetune.py runs/pag_adv4 --adversarial 8 --out runs/pag_adv4_8
+
+(a fine-tuned run is a run folder too, so stronger attacks continue from milder ones).
 
 Classifiers robust to small input changes have input gradients that look like their classes, which
 is what inversion follows. The run's own recipe (its config.yaml: data, augmentation, head) continues
