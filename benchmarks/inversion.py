@@ -13,7 +13,8 @@ embeddings. ``--min-photos N`` draws the close-set classes among those with at l
     <set>_<variant>_cos_others      mean cosine to the other identities' templates
 
 and PNG grids (``<out>/inversion_<set>_<variant>.png``: open-set rows start with the real photo), and
-per generated image its hit and cosines (``<out>/judged_<set>_<variant>.tsv``; identity = row of the set).
+per generated image its hit and cosines (``<out>/judged_<set>_<variant>.tsv``; identity = row of the set),
+and the generated images themselves (``<out>/images_<set>_<variant>.npy``, (N, starts, 3, 112, 112) float16 in [-1, 1]).
 Variants: ``lambda0.05`` (the paper's prior weight with all our defaults), ``lambda0`` (no BatchNorm
 prior), ``no_jitter_flip`` (prior on, no random shift or mirror), ``pixels`` (the earlier defaults:
 Adam on the pixels at lr 0.1, open-set L2 weight 1), or
@@ -184,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in judge_images(judge, closed, closed_gallery, args.out / f"judged_closeset_{name}.tsv").items():
                 emit(f"closeset_{name}_{key}", value)
             save_grid(closed[:8], args.out / f"inversion_closeset_{name}.png")
+            np.save(args.out / f"images_closeset_{name}.npy", closed.half().numpy())
         if "openset" in args.sets:
             opened = batched(lambda chunk: invert_embeddings(backbone, chunk, config, args.starts)[0], targets, args.batch, args.starts)
             for key, value in judge_images(judge, opened, open_gallery, args.out / f"judged_openset_{name}.tsv").items():
                 emit(f"openset_{name}_{key}", value)
             save_grid(torch.cat([real[:8, None], opened[:8]], dim=1), args.out / f"inversion_openset_{name}.png")
+            np.save(args.out / f"images_openset_{name}.npy", opened.half().numpy())
     return 0
 
 

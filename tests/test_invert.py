@@ -185,7 +185,7 @@ def test_command_defaults_are_the_configs():
 
     args = build_parser().parse_args(["invert", "ckpt.pt", "--classes", "0", "--out", "x"])
     defaults = InversionConfig()
-    for field in ("steps", "lambda_bn", "lr", "jitter", "scale_jitter", "rotate_deg", "color_shift", "parameterization", "fourier_decay", "embedding_weight",
+    for field in ("steps", "lambda_bn", "lr", "jitter", "scale_jitter", "rotate_deg", "color_shift", "reverse_attack", "parameterization", "fourier_decay", "embedding_weight",
                   "seed"):
         assert getattr(args, field) == getattr(defaults, field), field
     assert args.no_flip == (not defaults.flip)
@@ -199,3 +199,36 @@ def test_fourier_inversion_falls_and_repeats():
     assert images.shape == (2, 2, 3, 112, 112) and images.min() >= -1 and images.max() <= 1
     assert np.mean(history["task"][-5:]) < 0.5 * np.mean(history["task"][:5])
     assert torch.equal(images, invert_embeddings(model, target, config, starts=2)[0])
+
+
+def test_reverse_perturbation_is_a_bounded_step_up_the_loss():
+    from arcface.invert.inversion import _reverse_perturbation
+
+    model = Tiny().eval()
+    target = F.normalize(torch.randn(4, 8), dim=1)
+
+    def task(embeddings):
+        return (F.normalize(embeddings, dim=1) - target).pow(2).sum(1).mean()
+
+    views = torch.rand(4, 3, 112, 112) * 2 - 1
+    delta = _reverse_perturbation(model, task, views, 0.5, torch.Generator().manual_seed(0), None)
+    lengths = delta.flatten(1).norm(dim=1)
+    assert delta.shape == views.shape and not delta.requires_grad
+    assert (lengths <= 0.5 + 1e-6).all() and (lengths > 0).all()
+    # the reference: each image's gradient direction, by autograd of the same loss
+    probe = views.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(task(model(probe)), probe)
+    expected = gradient / gradient.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * lengths.view(-1, 1, 1, 1)
+    torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        assert task(model(views + delta)) > task(model(views))
+
+
+def test_inversion_with_reverse_perturbation_falls_and_repeats():
+    model = Tiny()
+    target = torch.randn(2, 8)
+    config = InversionConfig(steps=40, lr=0.1, seed=3, fourier_decay=1.0, reverse_attack=0.5)
+    images, history = invert_embeddings(model, target, config, starts=2)
+    assert np.mean(history["task"][-5:]) < 0.5 * np.mean(history["task"][:5])
+    assert torch.equal(images, invert_embeddings(model, target, config, starts=2)[0])
+    assert not torch.equal(images, invert_embeddings(model, target, InversionConfig(steps=40, lr=0.1, seed=3, fourier_decay=1.0), starts=2)[0])

@@ -150,7 +150,8 @@ def test_parameterization_lives_on_the_requested_device(kind):
 @pytest.mark.parametrize(
     "field, value, message",
     [("fourier_decay", -0.5, "fourier_decay must be in"), ("fourier_decay", 4.0, "fourier_decay must be in"),
-     ("scale_jitter", 1.0, "scale_jitter must be in"), ("color_shift", 1.0, "color_shift must be in"), ("color_shift", -0.1, "color_shift must be in"), ("parameterization", "wavelet", "parameterization must be one of")],
+     ("scale_jitter", 1.0, "scale_jitter must be in"), ("color_shift", 1.0, "color_shift must be in"), ("color_shift", -0.1, "color_shift must be in"),
+     ("reverse_attack", -0.5, "reverse_attack must be >= 0"), ("parameterization", "wavelet", "parameterization must be one of")],
 )
 def test_bad_view_and_parameterization_settings_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -43,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CommandError(f"{path}: not a .npy array ({error})") from None
     config = InversionConfig(
         steps=args.steps, lambda_bn=args.lambda_bn, lr=args.lr, jitter=args.jitter, flip=not args.no_flip,
-        scale_jitter=args.scale_jitter, rotate_deg=args.rotate_deg, color_shift=args.color_shift, parameterization=args.parameterization,
+        scale_jitter=args.scale_jitter, rotate_deg=args.rotate_deg, color_shift=args.color_shift,
+        reverse_attack=args.reverse_attack, parameterization=args.parameterization,
         fourier_decay=args.fourier_decay, embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision,
         device=_device(args.device),
     )
@@ -90,6 +91,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--rotate-deg", type=float, default=0.0, help="random rotation per step, up to this many degrees (0: off)")
     parser.add_argument("--color-shift", type=float, default=0.0,
                         help="random gain 1 +- x and offset +- x per colour channel of each image per step (0: off)")
+    parser.add_argument("--reverse-attack", type=float, default=0.0,
+                        help="each view first moved one L2 step of random length in [0, x] up the loss, so the image "
+                        "must satisfy the model in a neighbourhood (0: off; about 1.3x the cost of a step)")
     parser.add_argument("--no-flip", action="store_true", help="no random mirroring per step")
     parser.add_argument("--embedding-weight", type=float, default=8.0,
                         help="open-set: weight of the L2 loss between the normalized embeddings")

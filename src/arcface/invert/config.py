@@ -22,6 +22,7 @@ class InversionConfig:
     scale_jitter: float = 0.0  # random zoom of each image each step, by a factor in [1 - x, 1 + x] (0: off)
     rotate_deg: float = 0.0  # random rotation of each image each step, up to this many degrees (0: off)
     color_shift: float = 0.0  # random gain 1 +- x and offset +- x per channel of each image each step (0: off)
+    reverse_attack: float = 0.0  # each view first moved one L2 step of length in [0, x] up the task loss (0: off)
     parameterization: str = "fourier"  # fourier | pixels (see arcface.invert.parameterization)
     fourier_decay: float = 1.5  # fourier: coefficient scale 1/frequency**decay (1: the natural-image spectrum; 1.5 measured better)
     embedding_weight: float = 8.0  # open-set: weight of the L2 loss between normalized embeddings (1 let the prior dominate)
@@ -39,6 +40,7 @@ class InversionConfig:
             (0 <= self.scale_jitter < 1, f"scale_jitter must be in [0, 1), got {self.scale_jitter}"),
             (0 <= self.rotate_deg <= 180, f"rotate_deg must be in [0, 180], got {self.rotate_deg}"),
             (0 <= self.color_shift < 1, f"color_shift must be in [0, 1), got {self.color_shift}"),
+            (self.reverse_attack >= 0, f"reverse_attack must be >= 0, got {self.reverse_attack}"),
             (self.parameterization in PARAMETERIZATIONS, f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"),
             (0 <= self.fourier_decay <= 3, f"fourier_decay must be in [0, 3], got {self.fourier_decay}"),
             (self.embedding_weight > 0, f"embedding_weight must be > 0, got {self.embedding_weight}"),
