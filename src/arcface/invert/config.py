@@ -22,7 +22,7 @@ class InversionConfig:
     scale_jitter: float = 0.0  # random zoom of each image each step, by a factor in [1 - x, 1 + x] (0: off)
     rotate_deg: float = 0.0  # random rotation of each image each step, up to this many degrees (0: off)
     color_shift: float = 0.0  # random gain 1 +- x and offset +- x per channel of each image each step (0: off)
-    reverse_attack: float = 0.0  # each view first moved one L2 step of length in [0, x] up the task loss (0: off)
+    reverse_attack: float = 0.0  # each view first moved one L2 step of length in [0, x] up the task loss (0: off; 8 measured worse)
     parameterization: str = "fourier"  # fourier | pixels (see arcface.invert.parameterization)
     fourier_decay: float = 1.5  # fourier: coefficient scale 1/frequency**decay (1: the natural-image spectrum; 1.5 measured better)
     embedding_weight: float = 8.0  # open-set: weight of the L2 loss between normalized embeddings (1 let the prior dominate)

@@ -54,7 +54,9 @@ def _reverse_perturbation(
     """(B, 3, H, W) detached L2 step up the task loss, of a random length in [0, bound] per image.
 
     The image must then satisfy the network in a neighbourhood, not at one sharp point: a flat minimum,
-    which transfers better to other networks (reverse adversarial perturbation, Qin et al. 2022)."""
+    which for adversarial examples transfers better to other networks (reverse adversarial perturbation,
+    Qin et al. 2022). For face inversion it did not (26% rank-1 against 38% at length 8,
+    docs/inversion.md), so it is an option, off by default."""
     probe = views.detach().requires_grad_(True)
     with torch.autocast(probe.device.type, dtype=dtype, enabled=dtype is not None):
         embeddings = backbone(probe)
