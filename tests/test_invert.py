@@ -177,6 +177,8 @@ def test_bad_input_is_refused(tmp_path, caplog):
     assert "scale_jitter must be in [0, 1)" in caplog.text and not (tmp_path / "y").exists()
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--color-shift", "1", "--out", str(tmp_path / "z")]) == 2
     assert "color_shift must be in [0, 1)" in caplog.text and not (tmp_path / "z").exists()
+    assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--reverse-attack", "-2", "--out", str(tmp_path / "r")]) == 2
+    assert "reverse_attack must be >= 0" in caplog.text and not (tmp_path / "r").exists()
 
 
 def test_command_defaults_are_the_configs():
