@@ -213,7 +213,7 @@ def test_reverse_perturbation_is_a_bounded_step_up_the_loss():
         return (F.normalize(embeddings, dim=1) - target).pow(2).sum(1).mean()
 
     views = torch.rand(4, 3, 112, 112) * 2 - 1
-    delta = _reverse_perturbation(model, task, views, 0.5, torch.Generator().manual_seed(0), None)
+    delta = _reverse_perturbation(model, task, views, 0.5, torch.Generator().manual_seed(0))
     lengths = delta.flatten(1).norm(dim=1)
     assert delta.shape == views.shape and not delta.requires_grad
     assert (lengths <= 0.5 + 1e-6).all() and (lengths > 0).all()

@@ -49,18 +49,16 @@ def _reverse_perturbation(
     views: torch.Tensor,
     bound: float,
     generator: torch.Generator,
-    dtype: torch.dtype | None,
 ) -> torch.Tensor:
-    """(B, 3, H, W) detached L2 step up the task loss, of a random length in [0, bound] per image.
+    """(B, 3, H, W) detached L2 step up the task loss, of a random length in [0, bound] per image
+    (the probe pass runs under the caller's autocast, if any).
 
     The image must then satisfy the network in a neighbourhood, not at one sharp point: a flat minimum,
     which for adversarial examples transfers better to other networks (reverse adversarial perturbation,
     Qin et al. 2022). For face inversion it did not (26% rank-1 against 38% at length 8,
     docs/inversion.md), so it is an option, off by default."""
     probe = views.detach().requires_grad_(True)
-    with torch.autocast(probe.device.type, dtype=dtype, enabled=dtype is not None):
-        embeddings = backbone(probe)
-    (gradient,) = torch.autograd.grad(task_loss(embeddings.float()), probe)
+    (gradient,) = torch.autograd.grad(task_loss(backbone(probe).float()), probe)
     length = torch.rand(len(probe), generator=generator).to(probe.device) * bound
     norm = gradient.flatten(1).norm(dim=1).clamp_min(1e-12)
     return (gradient * (length / norm).view(-1, 1, 1, 1)).to(views.dtype)
@@ -110,7 +108,7 @@ def invert(
                     # (iresnet18, batch 50: 2.42 s/step vs 2.80 bf16, 4.53 vs 5.52 fp32)
                     seen = views(images(), generator).contiguous(memory_format=torch.channels_last)
                     if config.reverse_attack > 0:  # before the prior's hooks: the probe pass is not part of L_bn
-                        seen = seen + _reverse_perturbation(backbone, task_loss, seen, config.reverse_attack, generator, dtype)
+                        seen = seen + _reverse_perturbation(backbone, task_loss, seen, config.reverse_attack, generator)
                     with prior:
                         embeddings = backbone(seen)
                         bn_loss = prior.loss()
