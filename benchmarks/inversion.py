@@ -9,8 +9,11 @@ embeddings. ``--min-photos N`` draws the close-set classes among those with at l
 (default 1: any class). Printed per variant of the optimization (``--variants``), one figure a line:
 
     <set>_<variant>_rank1_pct       generated images whose nearest template (of the N) is their own
+    <set>_<variant>_rank1_ci95_*    its 95% Wilson interval (images taken as independent draws)
     <set>_<variant>_cos_own         mean cosine to their own identity's template
     <set>_<variant>_cos_others      mean cosine to the other identities' templates
+    <set>_<variant>_vs_<first>_gained / _lost   (second variant on) images this variant gets right and
+                                    the first variant of the run does not / the other way round
 
 and PNG grids (``<out>/inversion_<set>_<variant>.png``: open-set rows start with the real photo), and
 per generated image its hit and cosines (``<out>/judged_<set>_<variant>.tsv``; identity = row of the set),
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -80,10 +84,23 @@ def templates(judge, groups: list[list[str]]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def judge_images(judge, images: torch.Tensor, gallery: torch.Tensor, rows: Path | None = None) -> dict[str, float]:
+def wilson_interval(hits: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of the proportion hits / total: the p0 with |hits/total - p0| <= z * sqrt(p0 (1 - p0) / total).
+
+    It treats the images as independent draws; several starts of one class are not (the class decides
+    more than the start, docs/inversion.md), so with ``--starts`` > 1 the true interval is wider."""
+    p, n = hits / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def judge_images(judge, images: torch.Tensor, gallery: torch.Tensor, rows: Path | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """images (N, S, 3, H, W) of identity i in row i; gallery (N, D) templates.
 
-    With ``rows``, also writes one line per generated image there (identity row, start, hit, cosines)."""
+    Returns the figures (rank-1 with its 95% Wilson interval, mean cosines) and the (N*S,) bool hits,
+    image by image in (identity, start) order. With ``rows``, also writes one line per generated image
+    there (identity row, start, hit, cosines)."""
     count, starts = images.shape[:2]
     embeddings = torch.from_numpy(embed_images(judge, images.flatten(0, 1), batch_size=64))
     cos = embeddings @ gallery.T  # (N*S, N)
@@ -96,7 +113,10 @@ def judge_images(judge, images: torch.Tensor, gallery: torch.Tensor, rows: Path 
             f"{i}\t{k % starts}\t{int(hit)}\t{c:.4f}\t{best:.4f}\n"
             for k, (i, hit, c, best) in enumerate(zip(own.tolist(), hits.tolist(), own_cos.tolist(),
                                                       cos.scatter(1, own[:, None], -2.0).max(1).values.tolist()))))
-    return {"rank1_pct": 100 * hits.double().mean().item(), "cos_own": own_cos.mean().item(), "cos_others": others.mean().item()}
+    low, high = wilson_interval(int(hits.sum()), len(hits))
+    figures = {"rank1_pct": 100 * hits.double().mean().item(), "rank1_ci95_low_pct": 100 * low, "rank1_ci95_high_pct": 100 * high,
+               "cos_own": own_cos.mean().item(), "cos_others": others.mean().item()}
+    return figures, hits
 
 
 VARIANTS: dict[str, dict] = {
@@ -178,20 +198,30 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.from_numpy(embed_images(backbone, FaceImages([p for p, _ in people], "/", align="none"), device=args.device))
     real = torch.stack([FaceImages([p], "/", align="none")[0][0] for p, _ in people])
     args.out.mkdir(parents=True, exist_ok=True)
+    first_hits: dict[str, tuple[str, torch.Tensor]] = {}  # per set: the first variant's name and hits
+
+    def report(set_name: str, name: str, images: torch.Tensor, gallery: torch.Tensor) -> None:
+        figures, hits = judge_images(judge, images, gallery, args.out / f"judged_{set_name}_{name}.tsv")
+        for key, value in figures.items():
+            emit(f"{set_name}_{name}_{key}", value)
+        if set_name in first_hits:  # the same images' targets and starts: a paired comparison
+            base_name, base = first_hits[set_name]
+            emit(f"{set_name}_{name}_vs_{base_name}_gained", int((hits & ~base).sum()))
+            emit(f"{set_name}_{name}_vs_{base_name}_lost", int((base & ~hits).sum()))
+        else:
+            first_hits[set_name] = (name, hits)
+        np.save(args.out / f"images_{set_name}_{name}.npy", images.half().numpy())
+
     for name, settings in variants:
         config = InversionConfig(**{"steps": args.steps, "seed": args.seed, "precision": args.precision, "device": args.device, **settings})
         if "closeset" in args.sets:
             closed = batched(lambda chunk: invert_classes(backbone, head, chunk, config, args.starts)[0], classes, args.batch, args.starts)
-            for key, value in judge_images(judge, closed, closed_gallery, args.out / f"judged_closeset_{name}.tsv").items():
-                emit(f"closeset_{name}_{key}", value)
+            report("closeset", name, closed, closed_gallery)
             save_grid(closed[:8], args.out / f"inversion_closeset_{name}.png")
-            np.save(args.out / f"images_closeset_{name}.npy", closed.half().numpy())
         if "openset" in args.sets:
             opened = batched(lambda chunk: invert_embeddings(backbone, chunk, config, args.starts)[0], targets, args.batch, args.starts)
-            for key, value in judge_images(judge, opened, open_gallery, args.out / f"judged_openset_{name}.tsv").items():
-                emit(f"openset_{name}_{key}", value)
+            report("openset", name, opened, open_gallery)
             save_grid(torch.cat([real[:8, None], opened[:8]], dim=1), args.out / f"inversion_openset_{name}.png")
-            np.save(args.out / f"images_openset_{name}.npy", opened.half().numpy())
     return 0
 
 

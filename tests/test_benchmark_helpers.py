@@ -184,17 +184,27 @@ def test_inversion_judge_rows_agree_with_cosines_computed_by_hand(tmp_path):
                             [[0.2, 0.0, 1.0], [0.6, 0.5, 0.4]]])    # (N=3, S=2, 3); grey would tie all three
     images = colours[..., None, None].expand(3, 2, 3, 8, 8).contiguous()
     gallery = torch.nn.functional.normalize(torch.eye(3) + 0.05, dim=1)
-    summary = inversion.judge_images(judge, images, gallery, tmp_path / "rows.tsv")
+    summary, hits = inversion.judge_images(judge, images, gallery, tmp_path / "rows.tsv")
     cos = torch.nn.functional.normalize(colours.reshape(6, 3), dim=1) @ gallery.T
     own = torch.tensor([0, 0, 1, 1, 2, 2])
     rows = [line.split("\t") for line in (tmp_path / "rows.tsv").read_text().splitlines()[1:]]
     assert [(int(r[0]), int(r[1])) for r in rows] == [(i, k) for i in range(3) for k in range(2)]
-    assert [int(r[2]) for r in rows] == (cos.argmax(1) == own).int().tolist() == [1, 0, 1, 1, 1, 0]
+    assert [int(r[2]) for r in rows] == (cos.argmax(1) == own).int().tolist() == hits.int().tolist() == [1, 0, 1, 1, 1, 0]
     for row, c, i in zip(rows, cos, own.tolist()):
         assert float(row[3]) == pytest.approx(c[i].item(), abs=1e-4)
         assert float(row[4]) == pytest.approx(max(c[j].item() for j in range(3) if j != i), abs=1e-4)
     assert summary["rank1_pct"] == pytest.approx(100 * 4 / 6)
     assert summary["cos_own"] == pytest.approx(cos[torch.arange(6), own].mean().item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("hits, total", [(0, 50), (19, 50), (41, 100), (50, 50)])
+def test_wilson_interval_is_the_set_of_proportions_the_score_test_keeps(hits, total):
+    """From the definition: p0 is inside when |hits/total - p0| <= z * sqrt(p0 (1 - p0) / total)."""
+    low, high = load("inversion").wilson_interval(hits, total)
+    grid = np.linspace(1e-9, 1 - 1e-9, 200001)
+    kept = grid[np.abs(hits / total - grid) <= 1.959964 * np.sqrt(grid * (1 - grid) / total)]
+    assert low == pytest.approx(kept.min(), abs=1e-4) and high == pytest.approx(kept.max(), abs=1e-4)
+    assert low - 1e-12 <= hits / total <= high + 1e-12
 
 
 def test_cleaning_sweep_refuses_a_work_folder_cleaned_at_another_threshold(tmp_path):

@@ -179,6 +179,10 @@ def test_bad_input_is_refused(tmp_path, caplog):
     assert "color_shift must be in [0, 1)" in caplog.text and not (tmp_path / "z").exists()
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--reverse-attack", "-2", "--out", str(tmp_path / "r")]) == 2
     assert "reverse_attack must be >= 0" in caplog.text and not (tmp_path / "r").exists()
+    assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--coarse-to-fine", "2", "--out", str(tmp_path / "f")]) == 2
+    assert "coarse_to_fine must be in [0, 1]" in caplog.text and not (tmp_path / "f").exists()
+    assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--layer-erosion", "1", "--out", str(tmp_path / "e")]) == 2
+    assert "layer_erosion must be in [0, 1)" in caplog.text and not (tmp_path / "e").exists()
 
 
 def test_command_defaults_are_the_configs():
@@ -187,7 +191,8 @@ def test_command_defaults_are_the_configs():
 
     args = build_parser().parse_args(["invert", "ckpt.pt", "--classes", "0", "--out", "x"])
     defaults = InversionConfig()
-    for field in ("steps", "lambda_bn", "lr", "jitter", "scale_jitter", "rotate_deg", "color_shift", "reverse_attack", "parameterization", "fourier_decay", "embedding_weight",
+    for field in ("steps", "lambda_bn", "lr", "jitter", "scale_jitter", "rotate_deg", "color_shift", "reverse_attack", "parameterization", "fourier_decay", "coarse_to_fine", "layer_erosion",
+                  "embedding_weight",
                   "seed"):
         assert getattr(args, field) == getattr(defaults, field), field
     assert args.no_flip == (not defaults.flip)
@@ -230,6 +235,16 @@ def test_inversion_with_reverse_perturbation_falls_and_repeats():
     model = Tiny()
     target = torch.randn(2, 8)
     config = InversionConfig(steps=40, lr=0.1, seed=3, fourier_decay=1.0, reverse_attack=0.5)
+    images, history = invert_embeddings(model, target, config, starts=2)
+    assert np.mean(history["task"][-5:]) < 0.5 * np.mean(history["task"][:5])
+    assert torch.equal(images, invert_embeddings(model, target, config, starts=2)[0])
+    assert not torch.equal(images, invert_embeddings(model, target, InversionConfig(steps=40, lr=0.1, seed=3, fourier_decay=1.0), starts=2)[0])
+
+
+def test_coarse_to_fine_inversion_falls_repeats_and_differs():
+    model = Tiny()
+    target = torch.randn(2, 8)
+    config = InversionConfig(steps=40, lr=0.1, seed=3, fourier_decay=1.0, coarse_to_fine=0.5)
     images, history = invert_embeddings(model, target, config, starts=2)
     assert np.mean(history["task"][-5:]) < 0.5 * np.mean(history["task"][:5])
     assert torch.equal(images, invert_embeddings(model, target, config, starts=2)[0])

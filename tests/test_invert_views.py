@@ -90,12 +90,12 @@ def test_views_pass_gradients_to_the_images():
     assert images.grad is not None and float(images.grad.abs().sum()) > 0
 
 
-def reference_fourier_image(values: np.ndarray, size: int, decay: float) -> np.ndarray:
+def reference_fourier_image(values: np.ndarray, size: int, decay: float, cutoff: float | None = None) -> np.ndarray:
     """Literal inverse DFT of the half spectrum (rfft layout), orthonormal, 1/frequency**decay scaled, then tanh.
 
     x[m, n] = Re( 1/N * sum_k sum_l w_l * c(k, l) * X[k, l] * exp(2 pi i (k m + l n) / N) ), w_l = 1 for
     the columns that are their own mirror (l = 0, N/2) and 2 for the others,
-    c = N/4 * (N * max(|f|, 1/N))^-decay.
+    c = N/4 * (N * max(|f|, 1/N))^-decay, times 1 / (1 + (N * max(|f|, 1/N) / cutoff)^8) with a cutoff.
     """
     spectrum = values[..., 0] + 1j * values[..., 1]  # (3, N, N/2+1)
     image = np.zeros((3, size, size))
@@ -103,7 +103,8 @@ def reference_fourier_image(values: np.ndarray, size: int, decay: float) -> np.n
         fk = k / size if k < (size + 1) // 2 else (k - size) / size
         for l in range(size // 2 + 1):
             weight = 1 if l in (0, size // 2) else 2
-            scale = size / 4 * (size * max(math.hypot(fk, l / size), 1 / size)) ** -decay
+            cycles = size * max(math.hypot(fk, l / size), 1 / size)
+            scale = size / 4 * cycles**-decay * (1 if cutoff is None else 1 / (1 + (cycles / cutoff) ** 8))
             m, n = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
             wave = np.exp(2j * np.pi * (k * m + l * n) / size)
             image += np.real(weight * scale * spectrum[:, k, l, None, None] * wave) / size
@@ -120,6 +121,34 @@ def test_fourier_images_follow_the_formula(decay):
     for i in range(2):
         reference = reference_fourier_image(param.values[i].detach().double().numpy(), size, decay)
         np.testing.assert_allclose(ours[i], reference, atol=1e-5)
+
+
+def test_coarse_to_fine_band_follows_the_formula():
+    """open_band(t, lowest) passes 1 / (1 + (cycles / cutoff)^8), cutoff = lowest * (top / lowest)^t."""
+    size, lowest = 8, 1.0
+    param = ImageParameterization("fourier", 2, size, torch.Generator().manual_seed(0), torch.device("cpu"), 1.5)
+    with torch.no_grad():
+        param.values.normal_(0, 0.3)
+    unbanded = param().detach()
+    top = size * math.hypot(0.5, 0.5)  # the highest frequency of the rfft layout: (N/2, N/2)
+    for fraction in (0.0, 0.4):
+        param.open_band(fraction, lowest_cycles=lowest)
+        reference = reference_fourier_image(param.values[0].detach().double().numpy(), size, 1.5, lowest * (top / lowest) ** fraction)
+        np.testing.assert_allclose(param()[0].detach().double().numpy(), reference, atol=1e-5)
+    param.open_band(1.0)
+    assert torch.equal(param().detach(), unbanded)  # fully open: exactly the images without a band
+
+
+def test_a_closed_band_holds_fine_coefficients_still():
+    param = ImageParameterization("fourier", 1, 112, torch.Generator().manual_seed(0), torch.device("cpu"), 1.5)
+    param.open_band(0.0)  # about 4 cycles per image pass
+    param().square().sum().backward()
+    gradient = torch.view_as_complex(param.values.grad).abs()[0, 0]  # (112, 57): rows, then columns, of frequency
+    assert gradient[1, 1] > 1e4 * gradient[30, 30]  # ~1.4 cycles: open; ~42 cycles: closed
+    pixels = ImageParameterization("pixels", 1, 8, torch.Generator().manual_seed(0), torch.device("cpu"))
+    before = pixels().detach().clone()
+    pixels.open_band(0.0)  # no spectrum: nothing to band
+    assert torch.equal(pixels().detach(), before)
 
 
 def test_fourier_starts_smooth_and_pixels_stay_in_range():
@@ -151,7 +180,7 @@ def test_parameterization_lives_on_the_requested_device(kind):
     "field, value, message",
     [("fourier_decay", -0.5, "fourier_decay must be in"), ("fourier_decay", 4.0, "fourier_decay must be in"),
      ("scale_jitter", 1.0, "scale_jitter must be in"), ("color_shift", 1.0, "color_shift must be in"), ("color_shift", -0.1, "color_shift must be in"),
-     ("reverse_attack", -0.5, "reverse_attack must be >= 0"), ("parameterization", "wavelet", "parameterization must be one of")],
+     ("reverse_attack", -0.5, "reverse_attack must be >= 0"), ("coarse_to_fine", 1.5, "coarse_to_fine must be in"), ("parameterization", "wavelet", "parameterization must be one of")],
 )
 def test_bad_view_and_parameterization_settings_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -45,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
         steps=args.steps, lambda_bn=args.lambda_bn, lr=args.lr, jitter=args.jitter, flip=not args.no_flip,
         scale_jitter=args.scale_jitter, rotate_deg=args.rotate_deg, color_shift=args.color_shift,
         reverse_attack=args.reverse_attack, parameterization=args.parameterization,
-        fourier_decay=args.fourier_decay, embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision,
+        fourier_decay=args.fourier_decay, coarse_to_fine=args.coarse_to_fine,
+        layer_erosion=args.layer_erosion, embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision,
         device=_device(args.device),
     )
     try:
@@ -86,6 +87,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                         help="what is optimized: the pixels, or a 1/frequency-scaled spectrum per image (smoother faces)")
     parser.add_argument("--fourier-decay", type=float, default=1.5,
                         help="fourier: spectrum coefficients scaled by 1/frequency**x (larger: smoother images)")
+    parser.add_argument("--coarse-to-fine", type=float, default=0.0,
+                        help="fourier: over this share of the steps, let through frequencies from 4 cycles per image "
+                        "up to all of them, so the coarse layout settles before detail (0: off)")
     parser.add_argument("--jitter", type=int, default=4, help="random shift of each image per step, in pixels (0: off)")
     parser.add_argument("--scale-jitter", type=float, default=0.0, help="random zoom per step by a factor in [1-x, 1+x] (0: off)")
     parser.add_argument("--rotate-deg", type=float, default=0.0, help="random rotation per step, up to this many degrees (0: off)")
@@ -94,6 +98,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--reverse-attack", type=float, default=0.0,
                         help="each view first moved one L2 step of random length in [0, x] up the loss, so the image "
                         "must satisfy the model in a neighbourhood (0: off; about 1.3x the cost of a step)")
+    parser.add_argument("--layer-erosion", type=float, default=0.0,
+                        help="each step, scale every BatchNorm2d output of each image by a random gain in [1-x, 1+x]: "
+                        "a slightly different network every step (0: off)")
     parser.add_argument("--no-flip", action="store_true", help="no random mirroring per step")
     parser.add_argument("--embedding-weight", type=float, default=8.0,
                         help="open-set: weight of the L2 loss between the normalized embeddings")

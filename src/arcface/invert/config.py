@@ -25,6 +25,8 @@ class InversionConfig:
     reverse_attack: float = 0.0  # each view first moved one L2 step of length in [0, x] up the task loss (0: off; 8 measured worse)
     parameterization: str = "fourier"  # fourier | pixels (see arcface.invert.parameterization)
     fourier_decay: float = 1.5  # fourier: coefficient scale 1/frequency**decay (1: the natural-image spectrum; 1.5 measured better)
+    layer_erosion: float = 0.0  # each step, every BatchNorm2d output of each image scaled by a gain in [1 - x, 1 + x] (0: off; 0.2 no gain over 3 draws)
+    coarse_to_fine: float = 0.0  # fourier: share of the steps over which the passed frequencies rise from 4 cycles per image to all (0: off; 0.5 no gain)
     embedding_weight: float = 8.0  # open-set: weight of the L2 loss between normalized embeddings (1 let the prior dominate)
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast of the backbone; the losses stay float32)
@@ -43,6 +45,8 @@ class InversionConfig:
             (self.reverse_attack >= 0, f"reverse_attack must be >= 0, got {self.reverse_attack}"),
             (self.parameterization in PARAMETERIZATIONS, f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"),
             (0 <= self.fourier_decay <= 3, f"fourier_decay must be in [0, 3], got {self.fourier_decay}"),
+            (0 <= self.layer_erosion < 1, f"layer_erosion must be in [0, 1), got {self.layer_erosion}"),
+            (0 <= self.coarse_to_fine <= 1, f"coarse_to_fine must be in [0, 1], got {self.coarse_to_fine}"),
             (self.embedding_weight > 0, f"embedding_weight must be > 0, got {self.embedding_weight}"),
         ]
         for ok, message in checks:

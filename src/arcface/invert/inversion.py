@@ -31,6 +31,7 @@ from tqdm import tqdm
 from .augment import ViewAugmentation
 from .bn_prior import BNStatistics
 from .config import IMAGE_SIZE, InversionConfig
+from .erosion import LayerErosion
 from .parameterization import ImageParameterization
 
 __all__ = ["InversionConfig", "invert", "invert_classes", "invert_embeddings"]
@@ -95,6 +96,7 @@ def invert(
     optimizer = torch.optim.Adam(images.parameters(), lr=config.lr, betas=(0.5, 0.99))
     history: dict[str, list[float]] = {"task": [], "bn": []}
     prior = BNStatistics(backbone, track_gradient=config.lambda_bn > 0)  # at 0, L_bn is only logged
+    ghosts = LayerErosion(backbone, config.layer_erosion, generator)
     dtype = torch.bfloat16 if config.precision == "bf16" else None
     try:
         with tqdm(range(config.steps), desc="invert", unit="step", disable=not progress, dynamic_ncols=True) as bar:
@@ -102,6 +104,8 @@ def invert(
                 lr = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if config.coarse_to_fine > 0:
+                    images.open_band(step / (config.coarse_to_fine * config.steps))
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     # channels-last input: convolutions and the prior's sums run faster on the CPU
@@ -109,7 +113,7 @@ def invert(
                     seen = views(images(), generator).contiguous(memory_format=torch.channels_last)
                     if config.reverse_attack > 0:  # before the prior's hooks: the probe pass is not part of L_bn
                         seen = seen + _reverse_perturbation(backbone, task_loss, seen, config.reverse_attack, generator)
-                    with prior:
+                    with prior, ghosts:
                         embeddings = backbone(seen)
                         bn_loss = prior.loss()
                 task = task_loss(embeddings.float())

@@ -39,6 +39,8 @@ class ImageParameterization(nn.Module):
             cols = torch.fft.rfftfreq(size)[None, :]
             frequency = torch.sqrt(rows**2 + cols**2).clamp_min(1.0 / size)
             self.register_buffer("frequency_scale", (size / 4) * (frequency * size) ** -decay, persistent=False)
+            self.register_buffer("cycles", frequency * size, persistent=False)  # cycles per image, 1 .. ~79
+            self.register_buffer("band", torch.ones_like(frequency), persistent=False)
             start = torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator).mul_(0.01)
         self.values = nn.Parameter(start)
         self.to(device)  # the values and the frequency scale, together
@@ -46,8 +48,23 @@ class ImageParameterization(nn.Module):
     def forward(self) -> torch.Tensor:
         if self.kind == "pixels":
             return self.values
-        spectrum = torch.view_as_complex(self.values) * self.frequency_scale
+        spectrum = torch.view_as_complex(self.values) * (self.frequency_scale * self.band)
         return torch.tanh(torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho"))
+
+    @torch.no_grad()
+    def open_band(self, fraction: float, lowest_cycles: float = 4.0) -> None:
+        """Coarse to fine (fourier only): pass frequencies up to a cutoff that rises geometrically from
+        ``lowest_cycles`` cycles per image at ``fraction`` 0 to all of them at 1 (a soft, Butterworth
+        edge, so no ringing). Masked coefficients get no gradient, so Adam leaves them where they are
+        until their band opens."""
+        if self.kind == "pixels":
+            return
+        if fraction >= 1:
+            self.band.fill_(1.0)
+            return
+        top = float(self.cycles.max())
+        cutoff = lowest_cycles * (top / lowest_cycles) ** max(fraction, 0.0)
+        torch.div(self.cycles, cutoff, out=self.band).pow_(8).add_(1).reciprocal_()
 
     @torch.no_grad()
     def after_step(self) -> None:
