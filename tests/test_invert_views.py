@@ -139,7 +139,7 @@ def test_coarse_to_fine_band_follows_the_formula():
     assert torch.equal(param().detach(), unbanded)  # fully open: exactly the images without a band
 
 
-def test_a_closed_band_holds_fine_coefficients_still():
+def test_a_closed_band_damps_the_gradient_of_fine_coefficients():
     param = ImageParameterization("fourier", 1, 112, torch.Generator().manual_seed(0), torch.device("cpu"), 1.5)
     param.open_band(0.0)  # about 4 cycles per image pass
     param().square().sum().backward()

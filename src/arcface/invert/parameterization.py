@@ -55,8 +55,10 @@ class ImageParameterization(nn.Module):
     def open_band(self, fraction: float, lowest_cycles: float = 4.0) -> None:
         """Coarse to fine (fourier only): pass frequencies up to a cutoff that rises geometrically from
         ``lowest_cycles`` cycles per image at ``fraction`` 0 to all of them at 1 (a soft, Butterworth
-        edge, so no ringing). Masked coefficients get no gradient, so Adam leaves them where they are
-        until their band opens."""
+        edge, so no ringing). A damped coefficient's gradient is damped as much; far outside the band it
+        falls below Adam's epsilon and the coefficient stays still, but Adam normalizes each step, so a
+        damped coefficient whose gradient stays above epsilon moves at full rate while the image shows it
+        damped (a hard gradient mask was not tried)."""
         if self.kind == "pixels":
             return
         if fraction >= 1:
