@@ -43,6 +43,7 @@ class ImageParameterization(nn.Module):
             self.register_buffer("band", torch.ones_like(frequency), persistent=False)
             start = torch.randn(count, 3, size, size // 2 + 1, 2, generator=generator).mul_(0.01)
         self.values = nn.Parameter(start)
+        self._gradient_mask = None  # the hook of open_band, registered on its first call
         self.to(device)  # the values and the frequency scale, together
 
     def forward(self) -> torch.Tensor:
@@ -55,12 +56,14 @@ class ImageParameterization(nn.Module):
     def open_band(self, fraction: float, lowest_cycles: float = 4.0) -> None:
         """Coarse to fine (fourier only): pass frequencies up to a cutoff that rises geometrically from
         ``lowest_cycles`` cycles per image at ``fraction`` 0 to all of them at 1 (a soft, Butterworth
-        edge, so no ringing). A damped coefficient's gradient is damped as much; far outside the band it
-        falls below Adam's epsilon and the coefficient stays still, but Adam normalizes each step, so a
-        damped coefficient whose gradient stays above epsilon moves at full rate while the image shows it
-        damped (a hard gradient mask was not tried)."""
+        edge, so no ringing). Only coefficients passed at least half (at or below the cutoff) are
+        trained: the others' gradients are zeroed. Damping the gradient would not do, since Adam
+        normalizes each coefficient's step: a damped coefficient would move at full rate unseen and
+        show all at once when its band opens."""
         if self.kind == "pixels":
             return
+        if self._gradient_mask is None:
+            self._gradient_mask = self.values.register_hook(lambda gradient: gradient * (self.band >= 0.5)[..., None])
         if fraction >= 1:
             self.band.fill_(1.0)
             return
