@@ -19,7 +19,7 @@ from torch import nn
 
 from .channel_moments import channel_moments
 
-__all__ = ["BNStatistics", "batchnorm_layers"]
+__all__ = ["BNStatistics", "LayerHooks", "batchnorm_layers"]
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -27,7 +27,27 @@ def batchnorm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None]
 
 
-class BNStatistics:
+class LayerHooks:
+    """Base of a context manager that hooks ``self._hook`` onto the forward of each of ``self.layers``
+    on entry and removes the hooks on exit."""
+
+    layers: list[nn.Module]
+    _handles: list
+
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class BNStatistics(LayerHooks):
     """Forward hooks collecting ``L_bn`` during a forward pass; use as a context manager.
 
     >>> with BNStatistics(backbone) as prior:
@@ -67,13 +87,7 @@ class BNStatistics:
 
     def __enter__(self) -> "BNStatistics":
         self._terms = []
-        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        return super().__enter__()
 
     def loss(self) -> torch.Tensor:
         """Sum of the per-layer terms of the forward passes made inside the context (then reset)."""

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bn_prior import batchnorm_layers
+from .bn_prior import LayerHooks, batchnorm_layers
 
 __all__ = ["LayerErosion"]
 
 
-class LayerErosion:
+class LayerErosion(LayerHooks):
     """Forward hooks scaling each BatchNorm2d output (B, C, H, W) by a (B, 1, 1, 1) random gain; a context manager.
 
     Args:
@@ -39,12 +39,3 @@ class LayerErosion:
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         gain = 1 + self.strength * (2 * torch.rand(output.shape[0], generator=self.generator) - 1)
         return output * gain.to(device=output.device, dtype=output.dtype).view(-1, 1, 1, 1)
-
-    def __enter__(self) -> "LayerErosion":
-        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
