@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/robust_finetune.py runs/lfw_full_v6 --noise 1.0 --out runs/pag_noise1.0
     .venv/bin/python benchmarks/robust_finetune.py runs/lfw_full_v6 --adversarial 4.0 --out runs/pag_adv4
     .venv/bin/python benchmarks/robust_finetune.py runs/pag_adv4 --adversarial 8 --out runs/pag_adv4_8
+    .venv/bin/python benchmarks/robust_finetune.py runs/pag_adv4_8_16 --adversarial 16 --attack-steps 2 --out runs/pag_adv4_8_16_pgd2
 
 (a fine-tuned run is a run folder too, so stronger attacks continue from milder ones).
 
@@ -15,8 +16,10 @@ decaying to 0, no warmup, with one of:
 
 * ``--noise S``: Gaussian noise on every training image, std drawn per image in [0, S] (images span
   [-1, 1]); the same distribution as ``data.augment.noise=S`` of ``arcface train``.
-* ``--adversarial E``: every image first moved one L2 step of per-image length in [0, E] up the
-  gradient of the margin loss (one-step fast adversarial training; twice the cost of a step).
+* ``--adversarial E``: every image first moved within an L2 ball of per-image radius in [0, E] up
+  the margin loss: one step of that length along the gradient (fast adversarial training; twice the
+  cost of a step), or with ``--attack-steps K`` projected gradient ascent of K steps (K + 1 times the
+  cost of a step).
 
 Then the BatchNorm running statistics are re-estimated on ``--calibration-batches`` batches of clean
 training images (cumulative average): inversion's prior matches them, and the noisy or attacked
@@ -41,7 +44,29 @@ from arcface.train.config import load_config
 log = logging.getLogger("robust_finetune")
 
 
-def perturbation(kind: str, strength: float, generator: torch.Generator):
+def l2_attack(loss_of, images: torch.Tensor, lengths: torch.Tensor, steps: int = 1) -> torch.Tensor:
+    """Images moved up ``loss_of`` within an L2 ball of per-image radius ``lengths`` ((B, 1, 1, 1)).
+
+    One step is the fast attack: the full length along the normalized gradient. Several steps are
+    projected gradient ascent (Madry et al. 2018): each of length 2.5 * radius / steps along the
+    normalized gradient at the current point, then projected back onto the ball, so the attack can
+    follow the loss around its curvature instead of trusting its slope at the clean image.
+    ``loss_of``: (B, 3, H, W) -> scalar; images: (B, 3, H, W). Returns detached images.
+    """
+    step_length = lengths if steps == 1 else 2.5 * lengths / steps
+    moved = images.detach()
+    for _ in range(steps):
+        moved = moved.requires_grad_(True)
+        gradient = torch.autograd.grad(loss_of(moved), moved)[0].float()
+        direction = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        offset = (moved.detach() - images) + step_length * direction
+        norm = offset.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        offset = offset * torch.clamp(lengths / norm.clamp_min(1e-12), max=1.0)
+        moved = (images + offset.to(images.dtype)).detach()
+    return moved
+
+
+def perturbation(kind: str, strength: float, generator: torch.Generator, attack_steps: int = 1):
     """A function (run, images, labels) -> images to train on instead of ``images`` ((B, 3, H, W))."""
 
     def noisy(run, images, labels):
@@ -49,13 +74,16 @@ def perturbation(kind: str, strength: float, generator: torch.Generator):
         return images + std * torch.randn(images.shape, generator=generator)
 
     def adversarial(run, images, labels):
-        moved = images.to(run.device).contiguous(memory_format=run.memory_format).requires_grad_(True)
-        with torch.autocast(run.device.type, dtype=run.autocast_dtype or torch.float32, enabled=run.autocast_dtype is not None):
-            embeddings = run._forward(moved)
-        gradient = torch.autograd.grad(run.head(embeddings, labels), moved)[0].float()
-        direction = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        length = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * strength
-        return (moved + length.to(run.device) * direction).detach()
+        images = images.to(run.device).contiguous(memory_format=run.memory_format)
+        labels = labels.to(run.device)
+
+        def margin_loss(moved):
+            with torch.autocast(run.device.type, dtype=run.autocast_dtype or torch.float32, enabled=run.autocast_dtype is not None):
+                embeddings = run._forward(moved)
+            return run.head(embeddings, labels)
+
+        lengths = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * strength
+        return l2_attack(margin_loss, images, lengths.to(run.device), attack_steps)
 
     return noisy if kind == "noise" else adversarial
 
@@ -81,6 +109,8 @@ def main() -> None:
     kind = parser.add_mutually_exclusive_group(required=True)
     kind.add_argument("--noise", type=float, help="max per-image std of Gaussian noise (images span [-1, 1])")
     kind.add_argument("--adversarial", type=float, help="max per-image L2 length of the one-step attack")
+    parser.add_argument("--attack-steps", type=int, default=1,
+                        help="steps of the L2 attack: 1 = the fast one-step attack, more = projected gradient ascent")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--calibration-batches", type=int, default=41)
@@ -89,8 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     strength = args.noise if args.noise is not None else args.adversarial
-    if strength <= 0 or args.steps < 1:
-        parser.error("the strength and --steps must be positive")
+    if strength <= 0 or args.steps < 1 or args.attack_steps < 1:
+        parser.error("the strength, --steps and --attack-steps must be positive")
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
         parser.error(f"{run}: not a run folder (no config.yaml)")
@@ -100,7 +130,8 @@ def main() -> None:
         "schedule.time_budget_minutes=0", "schedule.warmup_fraction=0", f"eval.every_steps={args.steps}",
         "checkpoint.every_minutes=0", f"checkpoint.every_steps={args.steps}",
     ])
-    change = perturbation("noise" if args.noise is not None else "adversarial", strength, torch.Generator().manual_seed(args.seed))
+    change = perturbation("noise" if args.noise is not None else "adversarial", strength, torch.Generator().manual_seed(args.seed),
+                          args.attack_steps)
     plain_step = loop._Run._micro_step
 
     def perturbed_step(self, images, labels, last_in_window):
