@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("run", help="a run folder of arcface train / arcface lfw (its config.yaml and newest checkpoint)")
     kind = parser.add_mutually_exclusive_group(required=True)
     kind.add_argument("--noise", type=float, help="max per-image std of Gaussian noise (images span [-1, 1])")
-    kind.add_argument("--adversarial", type=float, help="max per-image L2 length of the one-step attack")
+    kind.add_argument("--adversarial", type=float, help="max per-image L2 radius of the attack")
     parser.add_argument("--attack-steps", type=int, default=1,
                         help="steps of the L2 attack: 1 = the fast one-step attack, more = projected gradient ascent")
     parser.add_argument("--steps", type=int, default=300)
@@ -121,6 +121,8 @@ def main() -> None:
     strength = args.noise if args.noise is not None else args.adversarial
     if strength <= 0 or args.steps < 1 or args.attack_steps < 1:
         parser.error("the strength, --steps and --attack-steps must be positive")
+    if args.attack_steps != 1 and args.noise is not None:
+        parser.error("--attack-steps is a setting of --adversarial, not of --noise")
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
         parser.error(f"{run}: not a run folder (no config.yaml)")

@@ -238,8 +238,8 @@ def test_inversion_ablation_figure_reads_back_the_grids_and_the_judged_rows(tmp_
 
 
 def _anisotropic_pull(center: torch.Tensor, weights: torch.Tensor):
-    """A loss whose gradient turns as the image moves: minus a weighted distance to ``center``."""
-    return lambda images: -((images - center) ** 2 * weights).sum()
+    """A per-image loss whose gradient turns as the image moves: minus a weighted distance to ``center``."""
+    return lambda images: (-((images - center) ** 2 * weights)).flatten(1).sum(dim=1)
 
 
 def test_l2_attack_one_step_is_the_full_length_along_the_normalized_gradient():
@@ -249,7 +249,8 @@ def test_l2_attack_one_step_is_the_full_length_along_the_normalized_gradient():
     center = torch.randn(3, 3, 4, 4, generator=generator)
     weights = torch.rand(3, 3, 4, 4, generator=generator) + 0.1
     lengths = torch.tensor([0.0, 0.5, 2.0]).view(-1, 1, 1, 1)
-    moved = l2_attack(_anisotropic_pull(center, weights), images, lengths, steps=1)
+    pull = _anisotropic_pull(center, weights)
+    moved = l2_attack(lambda images: pull(images).sum(), images, lengths, steps=1)
     gradient = -2 * (images - center) * weights  # the loss's gradient at the clean images, by hand
     expected = images + lengths * gradient / gradient.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     torch.testing.assert_close(moved, expected)
@@ -262,15 +263,11 @@ def test_l2_attack_of_several_steps_stays_in_the_ball_and_climbs_higher_than_one
     center = images + 3 * torch.randn(4, 3, 4, 4, generator=generator)  # outside every ball
     weights = torch.rand(4, 3, 4, 4, generator=generator) * 10 + 0.1  # strongly anisotropic
     lengths = torch.tensor([0.5, 1.0, 1.5, 2.0]).view(-1, 1, 1, 1)
-    loss = _anisotropic_pull(center, weights)
-
-    def per_image(moved):
-        return (-((moved - center) ** 2 * weights)).flatten(1).sum(dim=1)
-
+    pull = _anisotropic_pull(center, weights)
     before = images.clone()
-    one = l2_attack(loss, images, lengths, steps=1)
-    several = l2_attack(loss, images, lengths, steps=10)
+    one = l2_attack(lambda moved: pull(moved).sum(), images, lengths, steps=1)
+    several = l2_attack(lambda moved: pull(moved).sum(), images, lengths, steps=10)
     distance = (several - images).flatten(1).norm(dim=1)
     assert torch.all(distance <= lengths.flatten() * (1 + 1e-5))
-    assert torch.all(per_image(several) > per_image(one))
+    assert torch.all(pull(several) > pull(one))
     assert torch.equal(images, before)  # the clean batch is left as it was
