@@ -66,9 +66,10 @@ def read_list(train_list: Path, images: Path) -> tuple[list[str], np.ndarray]:
 def target_angles(checkpoint: Path, paths: list[str], labels: np.ndarray, device: str) -> np.ndarray:
     from arcface.eval import embed_images
     from arcface.eval.images import FaceImages
-    from arcface.invert import load_for_inversion
+    from arcface.model import load_trained_model
 
-    backbone, head, _ = load_for_inversion(checkpoint, need_head=True)
+    trained = load_trained_model(checkpoint, need_head=True)
+    backbone, head = trained.backbone, trained.head
     embedded = embed_images(backbone.to(device), FaceImages(paths, "/", align="none"), flip_test=False, device=device, batch_size=128)
     centers = torch.nn.functional.normalize(head.weight.detach().float(), dim=1).numpy()
     cos = np.einsum("nd,nd->n", embedded, centers[labels])
@@ -79,9 +80,9 @@ def pair_angles(checkpoint: Path, pairs: Path, images: Path, device: str) -> tup
     from arcface.data.protocols import read_pairs
     from arcface.eval import embed_images
     from arcface.eval.images import FaceImages
-    from arcface.invert import load_for_inversion
+    from arcface.model import load_trained_model
 
-    backbone, _, _ = load_for_inversion(checkpoint, need_head=False)
+    backbone = load_trained_model(checkpoint).backbone
     table = read_pairs(pairs, images)
     unique = sorted({name for pair in table for name in (pair.left, pair.right)})
     index = {name: i for i, name in enumerate(unique)}

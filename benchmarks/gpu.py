@@ -34,7 +34,7 @@ import torch
 from arcface.backbones import create_backbone
 from arcface.eval import embed_images
 from arcface.heads import create_head
-from arcface.train.checkpoint import list_checkpoints, load_checkpoint
+from arcface.model import list_checkpoints, load_checkpoint
 from arcface.train.config import load_config
 from arcface.train.loop import train
 

@@ -33,7 +33,7 @@ import torch
 
 from arcface import FaceRecognizer, Gallery
 from arcface.backbones import create_backbone
-from arcface.eval.models import ModelInfo, load_face_model
+from arcface.model import ModelInfo, load_face_model
 from arcface.export import export_onnx
 
 log = logging.getLogger("benchmarks.inference")

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import yaml
 
-from arcface.eval import embed_images, load_face_model
+from arcface.eval import embed_images
+from arcface.model import SpecAdapter, load_face_model
 from arcface.eval.images import FaceImages
 from arcface.invert import InversionConfig, invert_classes, invert_embeddings, load_for_inversion, save_grid
 
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args.aligned = args.aligned.resolve()  # images are read by absolute path
     backbone, head, _ = load_for_inversion(args.run, need_head=True)
     backbone = backbone.to(args.device)
-    judge, _ = load_face_model(args.judge, input_mean=127.5, input_std=128.0)
+    judge, judge_info = load_face_model(args.judge, input_mean=127.5, input_std=128.0)
+    judge = SpecAdapter(judge, judge_info.spec)  # it judges faces made in our models' convention
     rng = np.random.default_rng(args.seed)
     photos = class_photos(args.train_list, args.aligned)
     eligible = sorted(c for c, paths in photos.items() if len(paths) >= args.min_photos)

@@ -56,9 +56,10 @@ def features(run: Path, images: Path, entries: list[tuple[str, int]], device: st
     """(N, 2) raw features of the training faces (no flip) and (C, 2) class centers."""
     from arcface.eval import embed_images
     from arcface.eval.images import FaceImages
-    from arcface.invert import load_for_inversion
+    from arcface.model import load_trained_model
 
-    backbone, head, _ = load_for_inversion(run, need_head=True)
+    trained = load_trained_model(run, need_head=True)
+    backbone, head = trained.backbone, trained.head
     backbone = backbone.to(device)
     faces = FaceImages([str(images.resolve() / path) for path, _ in entries], "/", align="none")
     embedded = embed_images(backbone, faces, flip_test=False, normalize=False, device=device)

@@ -14,7 +14,8 @@ from arcface.data.align import ARCFACE_TEMPLATE
 from arcface.data.errors import DataError
 from arcface.eval import identify, ijb_verification, kfold_accuracy, read_ijb_meta, tar_at_far
 from arcface.eval.images import FaceImages, Prep, center_crop
-from arcface.eval.models import OnnxFaceModel, load_face_model
+from arcface.input_spec import InputSpec
+from arcface.model import OnnxFaceModel, append_onnx_metadata, load_face_model, read_onnx_metadata
 from arcface.train.config import TrainConfig, config_to_dict
 
 onnx = pytest.importorskip("onnx", reason="building test ONNX models needs the onnx package (pip install -e '.[test]')")
@@ -59,11 +60,28 @@ def weight():
 def test_onnx_wrapper_feeds_the_models_input_convention(tmp_path, weight, layout, bgr, mean, std, batch):
     shape = [3, SIZE, SIZE] if layout == "nchw" else [SIZE, SIZE, 3]
     path = linear_onnx(tmp_path / "m.onnx", weight, shape, batch)
-    model = OnnxFaceModel(path, mean, std, input_layout="auto", bgr=bgr)
+    model = OnnxFaceModel(path, InputSpec(mean=mean, std=std, channel_order="BGR" if bgr else "RGB"))
     assert model.input_layout == layout and model.fixed_batch == batch
     pixels = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
-    ours = model(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1).numpy()
+    ours = model(model.spec.normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2))).numpy()
     np.testing.assert_allclose(ours, reference_embedding(pixels, weight, mean, std, layout, bgr), rtol=1e-4, atol=1e-4)
+
+
+def test_an_onnx_file_says_how_to_feed_it_and_flags_override(tmp_path, weight, caplog):
+    path = linear_onnx(tmp_path / "m.onnx", weight, [SIZE, SIZE, 3])
+    written = InputSpec(mean=100.0, std=50.0, channel_order="BGR", layout="NHWC")
+    append_onnx_metadata(path, {**written.to_metadata(), "arcface.note": "x"})
+    metadata = read_onnx_metadata(path)
+    assert metadata["arcface.note"] == "x" and InputSpec.from_metadata(metadata) == written
+    pixels = np.random.default_rng(2).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    model, info = load_face_model(path)
+    assert info.spec == written
+    ours = model(info.spec.normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(ours, reference_embedding(pixels, weight, 100.0, 50.0, "nhwc", True), rtol=1e-4, atol=1e-4)
+    with caplog.at_level("WARNING"):
+        _, overridden = load_face_model(path, input_std=128.0, bgr=False)
+    assert (overridden.input_std, overridden.bgr, overridden.input_mean) == (128.0, False, 100.0)
+    assert "input std 50.0; using 128.0" in caplog.text
 
 
 def test_onnx_model_of_another_input_size_is_refused(tmp_path, weight):
@@ -300,9 +318,37 @@ def test_export_round_trips_through_onnxruntime(tmp_path, capsys):
     images = torch.rand(5, 3, SIZE, SIZE) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(model(images), backbone(images), atol=1e-4, rtol=1e-4)
+    metadata = read_onnx_metadata(tmp_path / "m.onnx")
+    assert InputSpec.from_metadata(metadata) == InputSpec() and metadata["arcface.embedding_size"] == "16"
+    assert len([key for key in metadata if key.startswith("arcface.")]) >= 4 and report["metadata"] == metadata
+    checker = pytest.importorskip("onnx")  # the appended metadata leaves a file the onnx package also accepts
+    checker.checker.check_model(checker.load(str(tmp_path / "m.onnx")))
     assert main(["export", str(tmp_path / "m.onnx"), "--onnx", str(tmp_path / "again.onnx")]) == 2
     assert main(["export", str(tmp_path / "missing.pt"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_exported_model_evaluates_without_input_flags_as_its_checkpoint(tmp_path, pair_set):
+    pairs, root = pair_set
+    config = TrainConfig()
+    config.model.backbone, config.model.embedding_size = "mobilefacenet", 16
+    torch.manual_seed(3)
+    backbone = create_backbone("mobilefacenet", embedding_size=16).eval()
+    torch.save({"config": config_to_dict(config), "step": 1, "backbone": backbone.state_dict()}, tmp_path / "c.pt")
+    assert main(["export", str(tmp_path / "c.pt"), "--onnx", str(tmp_path / "m.onnx"), "--check-batches", "1"]) == 0
+    common = ["--pairs", str(pairs), "--images", str(root)]
+    reports = {}
+    for name, args in {"checkpoint": [str(tmp_path / "c.pt")], "onnx": [str(tmp_path / "m.onnx")],
+                       "onnx_flags": [str(tmp_path / "m.onnx"), "--input-mean", "127.5", "--input-std", "127.5"],
+                       "onnx_wrong": [str(tmp_path / "m.onnx"), "--input-mean", "0", "--input-std", "1"]}.items():
+        status, reports[name] = _run_eval([*args, *common, "--out", str(tmp_path / f"{name}.json")])
+        assert status == 0
+    assert reports["onnx"]["accuracy"] == reports["onnx_flags"]["accuracy"]
+    assert reports["onnx"]["threshold"] == pytest.approx(reports["onnx_flags"]["threshold"], abs=1e-6)
+    assert reports["onnx"]["accuracy"] == pytest.approx(reports["checkpoint"]["accuracy"], abs=1e-3)
+    assert reports["onnx"]["threshold"] == pytest.approx(reports["checkpoint"]["threshold"], abs=1e-3)
+    # The flags do reach the model: a wrong normalization moves the scores.
+    assert reports["onnx_wrong"]["threshold"] != pytest.approx(reports["onnx"]["threshold"], abs=1e-3)
 
 
 def test_export_simplify_keeps_parity_and_a_standard_graph(tmp_path, capsys):

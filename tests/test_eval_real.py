@@ -25,7 +25,7 @@ def test_mobilefacenet_center_crop_embeddings_match_the_tflite_reference():
     reference = json.loads(shared_path("fixtures/mobilefacenet_lfw20_reference.json").read_text())
     model, info = load_face_model(shared_path(MODEL), input_mean=127.5, input_std=128.0)
     assert (info.input_layout, info.embedding_size) == ("nchw", 192)
-    images = FaceImages(reference["images"], shared_path("data/lfw_deepfunneled"), align="center", crop_size=140)
+    images = FaceImages(reference["images"], shared_path("data/lfw_deepfunneled"), align="center", crop_size=140, spec=info.spec)
     ours = embed_images(model, images, flip_test=False, normalize=False)
     tflite = np.asarray(reference["embeddings_tflite_raw"])
     cosine = np.sum(ours * tflite, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(tflite, axis=1)
@@ -39,8 +39,8 @@ def test_bin_through_the_command_matches_verify_bin(tmp_path):
     assert main(["eval", str(model_path), "--bin", str(path), "--input-std", "128", "--no-cache", "--quiet",
                  "--workers", "0", "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    model, _ = load_face_model(model_path, input_std=128.0)
-    expected = verify_bin(model, path)
+    model, info = load_face_model(model_path, input_std=128.0)
+    expected = verify_bin(model, path, spec=info.spec)
     assert report["num_pairs"] == 10 and report["alignment"] == {"pre_aligned": 20}
     assert report["accuracy"] == pytest.approx(expected.accuracy_mean)
     assert report["best_threshold_accuracy"] == pytest.approx(expected.best_threshold_accuracy)

@@ -102,6 +102,25 @@ def test_real_photos_with_the_independent_model():
     assert same[1] and not other[1] and same[0] > other[0] + 0.3
 
 
+def test_a_photo_embeds_alike_by_path_as_pil_and_as_an_opencv_array_with_its_order_declared():
+    from PIL import Image
+
+    lfw = shared_path("data/lfw_deepfunneled/images")
+    recognizer = FaceRecognizer.from_onnx(shared_path("data/models/mobilefacenet_onnx/mobilefacenet.onnx"), input_std=128.0,
+                                          detector=shared_path("data/models/yunet/face_detection_yunet_2026may.onnx"))
+    photo = lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"
+    by_path = recognizer.embed([photo]).embeddings[0]
+    as_pil = recognizer.embed([Image.open(photo)]).embeddings[0]
+    as_bgr = recognizer.embed([cv2.imread(str(photo))], bgr=True).embeddings[0]
+    as_rgb = recognizer.embed([cv2.imread(str(photo))[..., ::-1]]).embeddings[0]
+    for other in (as_pil, as_bgr, as_rgb):
+        assert float(by_path @ other) > 0.9999
+    # An OpenCV array passed without its order declared is read as RGB: red and blue swapped, another face.
+    swapped = recognizer.embed([cv2.imread(str(photo))]).embeddings[0]
+    assert float(by_path @ swapped) < 0.99
+    assert recognizer.verify(cv2.imread(str(photo)), photo, bgr=True)[0] > 0.9999
+
+
 @pytest.mark.parametrize("use_faiss", [False, True], ids=["numpy", "faiss"])
 def test_gallery_search_matches_a_brute_force_reference(use_faiss):
     if use_faiss:

@@ -412,3 +412,26 @@ def test_small_lfw_bin_runs():
     assert result.num_pairs == 10 and len(result.fold_accuracies) == 10
     assert np.all(np.isfinite(result.scores)) and np.all(np.abs(result.scores) <= 1 + 1e-6)
     assert result.accuracy_mean == 1.0  # all 10 pairs are same-person: "all same" is right every time
+
+
+def test_the_trainer_and_the_eval_command_score_one_protocol_alike(tmp_path):
+    """verify_pairs (the trainer's periodic evaluation) and evaluate_pairs (``arcface eval``) share one
+    PairIndex: on a one-fold file both use the same stratified folds and give the same accuracy."""
+    from arcface.data.protocols import stratified_folds, write_pairs
+    from arcface.eval import EvalOptions, PairIndex, evaluate_pairs
+    from arcface.model import ModelInfo
+
+    people = person_images(20)
+    write_people(tmp_path, people)
+    pairs = make_pairs(20, num_folds=1)
+    paths, index = PairIndex.from_pairs(pairs, n_folds=10)
+    assert index.stratified and list(index.folds) == stratified_folds(pairs, 10)
+    assert [paths[i] for i in index.left] == [p.left for p in pairs] and [paths[i] for i in index.right] == [p.right for p in pairs]
+    model = tiny_model(out=64)
+    trainer = verify_pairs(model, pairs, tmp_path, batch_size=7)
+    write_pairs(tmp_path / "pairs.tsv", pairs)
+    report, _ = evaluate_pairs(model, ModelInfo("tiny", "checkpoint", "tiny", 64), tmp_path / "pairs.tsv", tmp_path,
+                               EvalOptions(align="none", workers=0, progress=False))
+    assert report["folds_from"] == "10 stratified folds" and report["num_folds"] == 10
+    assert report["accuracy"] == pytest.approx(trainer.accuracy_mean, abs=1e-12)
+    assert report["threshold"] == pytest.approx(trainer.threshold, abs=1e-6)

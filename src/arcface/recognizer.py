@@ -1,14 +1,16 @@
 """Using a model on photos: :class:`FaceRecognizer` (embed, verify, search) and :class:`Gallery`.
 
 >>> from arcface import FaceRecognizer
->>> recognizer = FaceRecognizer.load("model.onnx", input_mean=127.5, input_std=128.0)
+>>> recognizer = FaceRecognizer.load("model.onnx")   # the input spec comes with the model file
 >>> score, same = recognizer.verify("a.jpg", "b.jpg")
+>>> score, same = recognizer.verify(cv2.imread("a.jpg"), cv2.imread("b.jpg"), bgr=True)   # OpenCV arrays
 >>> gallery = Gallery.build(recognizer, "people/")          # people/<name>/<photo>
 >>> gallery.search(recognizer.embed(["query.jpg"]).embeddings, k=5)
 
 Photos are read, detected and aligned (YuNet) unless they are 112x112 aligned faces already (or
 ``aligned=True``); a photo without a face, unreadable, or with several faces gets a status instead of
-stopping the batch.
+stopping the batch. Paths and PIL images say their own channel order; a numpy array is RGB unless the
+call says ``bgr=True`` (what ``cv2.imread`` returns).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from PIL import Image
 from .data.align import ALIGNED_SIZE, FaceAligner, FaceDetector
 from .data.errors import DataError
 from .eval.embed import embed_images
-from .eval.models import ModelInfo, load_face_model
+from .model import ModelInfo, load_face_model
 
 __all__ = ["FaceRecognizer", "EmbedResult", "Gallery", "DEFAULT_THRESHOLD"]
 
@@ -56,8 +58,8 @@ class EmbedResult:
         return np.array([s.startswith("ok") for s in self.status], dtype=bool)
 
 
-def _to_bgr(image, name: str) -> np.ndarray:
-    """A path, PIL image or (H, W, 3) uint8 RGB array -> BGR uint8; DataError when unreadable."""
+def _to_bgr(image, name: str, bgr: bool = False) -> np.ndarray:
+    """A path, PIL image or (H, W, 3) uint8 array (RGB, or BGR when ``bgr``) -> BGR uint8; DataError when unreadable."""
     if isinstance(image, (str, os.PathLike)):
         data = np.fromfile(image, dtype=np.uint8) if Path(image).is_file() else np.zeros(0, np.uint8)
         decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
@@ -68,15 +70,15 @@ def _to_bgr(image, name: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))[..., ::-1].copy()
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise DataError(f"{name}: expected an (H, W, 3) uint8 RGB array, got {array.dtype} {array.shape}")
-    return array[..., ::-1].copy()
+        raise DataError(f"{name}: expected an (H, W, 3) uint8 {'BGR' if bgr else 'RGB'} array, got {array.dtype} {array.shape}")
+    return array.copy() if bgr else array[..., ::-1].copy()
 
 
 class FaceRecognizer:
     """A face model plus the steps around it: read, detect + align, flip-test embed, compare.
 
     Args:
-        model, info: from :func:`arcface.eval.models.load_face_model`.
+        model, info: from :func:`arcface.model.load_face_model`.
         detector: YuNet .onnx (needed for photos that are not aligned 112x112 faces).
         threshold: cosine above which ``verify`` says "same"; default: the report's, else DEFAULT_THRESHOLD.
         device: "cpu" or "cuda" for PyTorch models.
@@ -95,8 +97,12 @@ class FaceRecognizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, arch: str | None = None, input_mean: float | None = None, input_std: float | None = None,
-             input_layout: str = "auto", bgr: bool = False, **kwargs) -> "FaceRecognizer":
-        """From a checkpoint, run folder, insightface .pth (``arch``) or ONNX model."""
+             input_layout: str = "auto", bgr: bool | None = None, **kwargs) -> "FaceRecognizer":
+        """From a checkpoint, run folder, insightface .pth (``arch``) or ONNX model.
+
+        ``input_mean``, ``input_std``, ``input_layout``, ``bgr`` describe an ONNX model's input when its file
+        does not (see :func:`arcface.model.load_face_model`); a model exported here carries them.
+        """
         model, info = load_face_model(path, architecture=arch, input_mean=input_mean, input_std=input_std,
                                       input_layout=input_layout, bgr=bgr)
         return cls(model, info, **kwargs)
@@ -106,7 +112,7 @@ class FaceRecognizer:
         return cls.load(path, **kwargs)
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, input_mean: float = 127.5, input_std: float = 127.5, **kwargs) -> "FaceRecognizer":
+    def from_onnx(cls, path: str | os.PathLike, input_mean: float | None = None, input_std: float | None = None, **kwargs) -> "FaceRecognizer":
         return cls.load(path, input_mean=input_mean, input_std=input_std, **kwargs)
 
     def _report_threshold(self) -> float:
@@ -122,9 +128,9 @@ class FaceRecognizer:
                 logger.warning("ignoring unreadable report %s", report)
         return DEFAULT_THRESHOLD
 
-    def _face(self, image, name: str, aligned: bool | None) -> tuple[np.ndarray | None, str]:
+    def _face(self, image, name: str, aligned: bool | None, bgr_array: bool = False) -> tuple[np.ndarray | None, str]:
         try:
-            bgr = _to_bgr(image, name)
+            bgr = _to_bgr(image, name, bgr_array)
         except DataError as error:
             return None, f"unreadable: {error}"
         if aligned or (aligned is None and bgr.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE)):
@@ -142,18 +148,25 @@ class FaceRecognizer:
         face = self._aligner.warp(bgr, detections)[0].image
         return face, "ok" if len(detections) == 1 else "ok_several_faces"
 
-    def embed(self, images, aligned: bool | None = None) -> EmbedResult:
-        """Embed photos (paths, PIL images, or (H, W, 3) uint8 RGB arrays); never stops on a bad photo."""
+    def embed(self, images, aligned: bool | None = None, bgr: bool = False) -> EmbedResult:
+        """Embed photos; never stops on a bad photo.
+
+        Args:
+            images: one or a list of: paths, PIL images, (H, W, 3) uint8 arrays.
+            aligned: the photos are aligned 112x112 faces (None: decide by size).
+            bgr: numpy arrays are BGR (``cv2.imread``); default RGB. Paths and PIL images ignore it.
+        """
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         faces, status = [], []
         for index, image in enumerate(images):
-            face, state = self._face(image, str(image) if isinstance(image, (str, os.PathLike)) else f"image {index}", aligned)
+            face, state = self._face(image, str(image) if isinstance(image, (str, os.PathLike)) else f"image {index}", aligned, bgr)
             faces.append(face)
             status.append(state)
         result = np.full((len(images), self.info.embedding_size), np.nan, dtype=np.float32)
         usable = [i for i, face in enumerate(faces) if face is not None]
         if usable:
-            batch = torch.stack([torch.from_numpy(cv2.cvtColor(faces[i], cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float() / 127.5 - 1
+            spec = self.info.spec
+            batch = torch.stack([spec.normalize(torch.from_numpy(cv2.cvtColor(faces[i], cv2.COLOR_BGR2RGB)).permute(2, 0, 1))
                                  for i in usable])
             result[usable] = embed_images(self.model, batch, batch_size=self.batch_size, flip_test=self.flip_test, device=self.device)
         for name, state in zip(images, status):
@@ -161,18 +174,18 @@ class FaceRecognizer:
                 logger.info("%s: %s", name if isinstance(name, (str, os.PathLike)) else "image", state)
         return EmbedResult(result, status)
 
-    def verify(self, a, b, aligned: bool | None = None) -> tuple[float, bool]:
-        """(cosine, same) of two photos; DataError when either has no usable face."""
-        result = self.embed([a, b], aligned)
+    def verify(self, a, b, aligned: bool | None = None, bgr: bool = False) -> tuple[float, bool]:
+        """(cosine, same) of two photos; DataError when either has no usable face. ``bgr``: as in :meth:`embed`."""
+        result = self.embed([a, b], aligned, bgr)
         for image, state in zip((a, b), result.status):
             if not state.startswith("ok"):
                 raise DataError(f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: {state}")
         score = float(np.dot(result.embeddings[0], result.embeddings[1]))
         return score, score > self.threshold
 
-    def search(self, query, gallery: "Gallery", k: int = 5, aligned: bool | None = None) -> list[tuple[str, float]]:
-        """The ``k`` gallery identities nearest one photo, best first."""
-        result = self.embed([query], aligned)
+    def search(self, query, gallery: "Gallery", k: int = 5, aligned: bool | None = None, bgr: bool = False) -> list[tuple[str, float]]:
+        """The ``k`` gallery identities nearest one photo, best first. ``bgr``: as in :meth:`embed`."""
+        result = self.embed([query], aligned, bgr)
         if not result.ok[0]:
             raise DataError(f"{query if isinstance(query, (str, os.PathLike)) else 'query'}: {result.status[0]}")
         return gallery.search(result.embeddings, k)[0]

@@ -6,10 +6,12 @@ from typing import Callable
 
 import torch
 
+from ..input_spec import FACE_SIZE
+
 __all__ = ["INPUT_SIZE", "check_face_batch", "run_full_precision"]
 
 # Every backbone here ends in a layer sized for a 7x7 map: the input is the 112x112 aligned crop.
-INPUT_SIZE = 112
+INPUT_SIZE = FACE_SIZE
 
 
 def check_face_batch(x: torch.Tensor) -> None:

@@ -34,13 +34,12 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from ..backbones import create_backbone
 from ..data.datasets import FaceTransform, build_dataset
 from ..data.errors import DataError
 from ..data.face_records import write_face_records
 from ..data.pack import encoded_image_size
 from ..eval.embed import embed_images
-from ..train.checkpoint import load_checkpoint_or_run
+from ..model import load_trained_model
 from .noise import _write_atomic as _write
 from .noise import read_truth
 from .subcenter import CATEGORIES, decide, dominant_subcenters, dominant_weight
@@ -67,13 +66,6 @@ def _sub_centers(state: dict, path: Path) -> tuple[torch.Tensor, int, int]:
             f"head.name=subcenter_arcface (K=3) or head.sub_centers=3"
         )
     return weight.float(), num_classes, sub_centers
-
-
-def _own_cosines(embeddings: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, sub_centers: int) -> torch.Tensor:
-    """(B, K) cosine of each unit embedding to the K sub-centers of its class."""
-    rows = labels[:, None] * sub_centers + torch.arange(sub_centers)
-    centers = torch.nn.functional.normalize(weight[rows], dim=2)
-    return torch.einsum("bd,bkd->bk", embeddings, centers)
 
 
 def _plot(decision, threshold: float, path: Path) -> bool:
@@ -128,13 +120,12 @@ def clean_dataset(
         rec: also write the cleaned set as ``train.rec`` (always done for a ``.rec`` DATA).
     """
     start = time.perf_counter()
-    checkpoint_path, state = load_checkpoint_or_run(checkpoint)
+    trained = load_trained_model(checkpoint, need_head=True)
+    checkpoint_path, state = trained.path, trained.state
     weight, num_classes, sub_centers = _sub_centers(state, checkpoint_path)
-    model_config = state["config"]["model"]
-    backbone = create_backbone(model_config["backbone"], embedding_size=model_config["embedding_size"])
-    backbone.load_state_dict(state["backbone"])
-    backbone = backbone.to(device).eval()
-    dataset = build_dataset(str(data), transform=FaceTransform(flip=0.0))
+    head = trained.head.double()
+    backbone = trained.backbone.to(device).eval()
+    dataset = build_dataset(str(data), transform=FaceTransform(flip=0.0, spec=trained.input_spec))
     from_records = not hasattr(dataset, "paths")
     if from_records and truth:
         raise DataError(f"{truth}: a ground truth names image paths; it can only score a list file or an image folder, not {data}")
@@ -150,7 +141,8 @@ def clean_dataset(
         indices = list(range(begin, min(begin + CHUNK, len(dataset))))
         embeddings = embed_images(backbone, Subset(dataset, indices), batch_size=batch_size, flip_test=flip_test,
                                   device=device, num_workers=workers, progress=progress and len(chunks) == 1)
-        cosines[begin : begin + len(indices)] = _own_cosines(torch.from_numpy(embeddings).double(), labels[indices], weight.double(), sub_centers)
+        with torch.no_grad():
+            cosines[begin : begin + len(indices)] = head.class_subcenter_cosines(torch.from_numpy(embeddings).double(), labels[indices])
     nearest = cosines.argmax(dim=1)
     dominant = dominant_subcenters(nearest, labels, num_classes, sub_centers)
     decision = decide(cosines, labels, dominant, threshold_deg)

@@ -57,7 +57,7 @@ def _format_summary(report: dict) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from ..eval.evaluate import EvalOptions, evaluate_bin, evaluate_identification, evaluate_ijb, evaluate_pairs, plot_roc
-    from ..eval.models import load_face_model
+    from ..model import load_face_model
 
     chosen = [name for name, value in (("--pairs", args.pairs), ("--bin", args.bin), ("--ijb", args.ijb), ("--gallery", args.gallery)) if value]
     if len(chosen) != 1:
@@ -149,7 +149,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     model_input.add_argument("--input-mean", type=float, help="ONNX: pixel mean subtracted (default 127.5)")
     model_input.add_argument("--input-std", type=float, help="ONNX: divisor after the mean (default 127.5; many models use 128)")
     model_input.add_argument("--input-layout", default="auto", choices=["auto", "nchw", "nhwc"], help="ONNX: input layout (default: from its shape)")
-    model_input.add_argument("--bgr", action="store_true", help="ONNX: the model expects BGR channel order")
+    model_input.add_argument("--bgr", action="store_const", const=True, default=None,
+                             help="ONNX: the model expects BGR channel order (default: what the file says, else RGB)")
     images = parser.add_argument_group("images")
     images.add_argument("--align", default="auto", choices=["auto", "yunet", "none", "center"],
                         help="auto: 112x112 images as they are, others aligned with YuNet (default); yunet: always detect; "

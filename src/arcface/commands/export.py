@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..eval.models import load_face_model
+    from .. import __version__
     from ..export.onnx import ExportError, export_onnx
+    from ..model import load_face_model
 
     try:
         batches = tuple(int(b) for b in args.check_batches.split(","))
@@ -26,7 +27,9 @@ def _run(args: argparse.Namespace) -> int:
     if info.kind == "onnx":
         raise CommandError(f"{args.checkpoint} is already an ONNX model")
     try:
-        report = export_onnx(model, args.onnx, opset=args.opset, check_batches=batches, tolerance=args.tolerance, simplify=args.simplify)
+        report = export_onnx(model, args.onnx, opset=args.opset, check_batches=batches, tolerance=args.tolerance, simplify=args.simplify,
+                             spec=info.spec, metadata={"arcface.architecture": info.architecture, "arcface.source": f"{info.kind} {info.fingerprint}",
+                                                       "arcface.version": __version__})
     except ExportError as error:
         raise CommandError(f"export failed the parity check, nothing written: {error}") from None
     sys.stdout.write(json.dumps(report) + "\n")

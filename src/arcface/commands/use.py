@@ -82,7 +82,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-mean", type=float, help="ONNX: pixel mean (default 127.5)")
     parser.add_argument("--input-std", type=float, help="ONNX: pixel divisor (default 127.5; many models use 128)")
     parser.add_argument("--input-layout", default="auto", choices=["auto", "nchw", "nhwc"])
-    parser.add_argument("--bgr", action="store_true", help="ONNX: the model expects BGR")
+    parser.add_argument("--bgr", action="store_const", const=True, default=None,
+                        help="ONNX: the model expects BGR (default: what the file says, else RGB)")
     parser.add_argument("--detector", help="YuNet .onnx (default $ARCFACE_DETECTOR or models/yunet/*.onnx above the photos)")
     parser.add_argument("--aligned", action="store_true", help="the photos are aligned 112x112 faces: no detection")
     parser.add_argument("--device", default="auto")

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..input_spec import FACE_SIZE
 from .errors import DataError
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ALIGNED_SIZE = 112
+ALIGNED_SIZE = FACE_SIZE
 # Where the eyes, nose tip and mouth corners go in a 112x112 crop (image-left eye first).
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..input_spec import DEFAULT_INPUT_SPEC, InputSpec
 from .errors import DataError
 
 __all__ = [
@@ -53,23 +54,24 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
 
 @dataclass
 class FaceTransform:
-    """uint8 RGB (H, W, 3) -> float32 (3, H, W) in [-1, 1], with a random horizontal flip.
+    """uint8 RGB (H, W, 3) -> float32 (3, H, W) model input, with a random horizontal flip.
 
     Args:
         flip: probability of a horizontal flip (0.5 for training, 0 for evaluation).
         extra: optional callable applied to the uint8 RGB image first (extra augmentation; off).
+        spec: the model's input spec (default: ours, ``(x - 127.5) / 127.5`` RGB, i.e. [-1, 1]).
     """
 
     flip: float = 0.5
     extra: Callable[[np.ndarray], np.ndarray] | None = None
+    spec: InputSpec = DEFAULT_INPUT_SPEC
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         if self.extra is not None:
             image = self.extra(image)
         if self.flip > 0 and torch.rand(()) < self.flip:
             image = image[:, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-        return tensor.div_(127.5).sub_(1.0)  # (x / 255 - 0.5) / 0.5
+        return self.spec.normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
 
 
 class FaceDataset(Dataset):

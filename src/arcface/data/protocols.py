@@ -37,8 +37,7 @@ __all__ = [
     "read_people_folds",
     "stratified_folds",
     "check_images_exist",
-    "image_path",
-]
+    "image_path", "protocol_folds"]
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +310,14 @@ def stratified_folds(pairs: Sequence[Pair], n_folds: int = 10) -> list[int]:
         folds.append(seen[pair.same] * n_folds // total)
         seen[pair.same] += 1
     return folds
+
+
+def protocol_folds(pairs: Sequence[Pair], n_folds: int = 10) -> tuple[list[int], bool]:
+    """The folds to score ``pairs`` with: the file's own when it has several (View 2), else
+    :func:`stratified_folds` (View 1 and our TSV files hold one fold). Returns (folds, stratified)."""
+    if len({pair.fold for pair in pairs}) > 1:
+        return [pair.fold for pair in pairs], False
+    return stratified_folds(pairs, n_folds), True
 
 
 # ---------------------------------------------------------------------------------------- writing

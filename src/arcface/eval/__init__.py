@@ -7,11 +7,12 @@ or logging setup.
 >>> verify_bin(model, "lfw.bin").accuracy_mean
 """
 
-from .embed import PairImages, bin_folds, embed_images, verify_bin, verify_pairs
+from ..model import ModelInfo, OnnxFaceModel, load_face_model  # re-exported: the model layer owns them
+from .embed import BinImages, PairImages, embed_images, verify_bin, verify_pairs
 from .evaluate import EvalOptions, evaluate_bin, evaluate_identification, evaluate_ijb, evaluate_pairs, plot_roc
 from .identification import IdentificationResult, identify
 from .ijb import IJBMeta, IJBResult, ijb_verification, pair_scores, read_ijb_meta, template_features, verify_templates
-from .models import ModelInfo, OnnxFaceModel, load_face_model
+from .pair_index import PairIndex, bin_folds
 from .verification import FAR_TARGETS, VerificationResult, best_threshold, eer, kfold_accuracy, rate_key, roc, tar_at_far
 
 __all__ = [
@@ -35,7 +36,9 @@ __all__ = [
     "template_features",
     "verify_templates",
     "FAR_TARGETS",
+    "BinImages",
     "PairImages",
+    "PairIndex",
     "VerificationResult",
     "best_threshold",
     "bin_folds",

@@ -29,13 +29,15 @@ from ..data.binset import VerificationSet, read_bin
 from ..data.datasets import FaceTransform, decode_image
 from ..data.errors import DataError
 from ..data.protocols import Pair, check_images_exist
-from .verification import VerificationResult, kfold_accuracy
+from ..input_spec import DEFAULT_INPUT_SPEC, FACE_SIZE, InputSpec
+from .pair_index import PairIndex, bin_folds, image_positions
+from .verification import VerificationResult
 
-__all__ = ["embed_images", "PairImages", "verify_pairs", "verify_bin", "bin_folds", "IMAGE_SIZE"]
+__all__ = ["embed_images", "PairImages", "BinImages", "verify_pairs", "verify_bin", "bin_folds", "IMAGE_SIZE"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE = 112
+IMAGE_SIZE = FACE_SIZE
 
 
 # ------------------------------------------------------------------------------------ embedding
@@ -163,10 +165,10 @@ def embed_images(
 
 
 class _AlignedImages(Dataset):
-    """Base: decode encoded bytes to a normalized (3, 112, 112) tensor, resizing (once-warned) if needed."""
+    """Base: decode encoded bytes to a (3, 112, 112) tensor normalized by ``spec``, resizing (once-warned) if needed."""
 
-    def __init__(self) -> None:
-        self.transform = FaceTransform(flip=0.0)
+    def __init__(self, spec: InputSpec = DEFAULT_INPUT_SPEC) -> None:
+        self.transform = FaceTransform(flip=0.0, spec=spec)
         self._warned_resize = False  # per dataset (and per DataLoader worker, each holds a copy)
 
     def _tensor(self, data: bytes, source: str) -> torch.Tensor:
@@ -192,19 +194,13 @@ class PairImages(_AlignedImages):
         same: (P,) bool; folds: (P,) int, from the pairs.
     """
 
-    def __init__(self, pairs: Sequence[Pair], image_root: str | os.PathLike) -> None:
-        super().__init__()
+    def __init__(self, pairs: Sequence[Pair], image_root: str | os.PathLike, spec: InputSpec = DEFAULT_INPUT_SPEC) -> None:
+        super().__init__(spec)
         if not pairs:
             raise ValueError("no pairs given")
         self.root = Path(image_root)
         check_images_exist(pairs, self.root)
-        index: dict[str, int] = {}
-        for pair in pairs:
-            for path in (pair.left, pair.right):
-                index.setdefault(path, len(index))
-        self.paths = list(index)
-        self.left = np.array([index[pair.left] for pair in pairs], dtype=np.int64)
-        self.right = np.array([index[pair.right] for pair in pairs], dtype=np.int64)
+        self.paths, self.left, self.right = image_positions(pairs)
         self.same = np.array([pair.same for pair in pairs], dtype=bool)
         self.folds = np.array([pair.fold for pair in pairs], dtype=np.int64)
 
@@ -220,11 +216,11 @@ class PairImages(_AlignedImages):
         return self._tensor(data, str(path))
 
 
-class _BinImages(_AlignedImages):
+class BinImages(_AlignedImages):
     """The 2N images of a .bin, in order: pair k is images 2k and 2k+1."""
 
-    def __init__(self, verification: VerificationSet) -> None:
-        super().__init__()
+    def __init__(self, verification: VerificationSet, spec: InputSpec = DEFAULT_INPUT_SPEC) -> None:
+        super().__init__(spec)
         self.verification = verification
         self.name = str(verification.source) if verification.source is not None else ".bin"
 
@@ -238,45 +234,29 @@ class _BinImages(_AlignedImages):
 # ----------------------------------------------------------------------------------- verification
 
 
-def _cosine(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    return np.einsum("pd,pd->p", embeddings[left].astype(np.float64), embeddings[right].astype(np.float64))
-
-
 def verify_pairs(
     model: nn.Module,
     pairs: Sequence[Pair],
     image_root: str | os.PathLike,
     *,
     folds: Sequence[int] | None = None,
+    spec: InputSpec = DEFAULT_INPUT_SPEC,
     **embed_kwargs,
 ) -> VerificationResult:
     """K-fold verification accuracy of ``model`` on protocol pairs of aligned 112x112 images.
 
     Args:
         pairs: from :func:`arcface.data.protocols.read_pairs`; paths relative to ``image_root``.
-        folds: (P,) fold per pair, instead of the pairs' ``fold`` field (e.g.
-            :func:`arcface.data.protocols.stratified_folds` for View 1 pairs, which are all fold 0).
+        folds: (P,) fold per pair; default :func:`arcface.data.protocols.protocol_folds` (the file's own
+            folds, or stratified folds for View 1 pairs, which are all fold 0).
+        spec: the model's input spec.
         embed_kwargs: passed to :func:`embed_images` (batch_size, flip_test, device, ...).
     """
-    images = PairImages(pairs, image_root)
-    if folds is not None and len(folds) != len(pairs):
-        raise ValueError(f"{len(folds)} folds for {len(pairs)} pairs")
-    embeddings = embed_images(model, images, **embed_kwargs)
-    scores = _cosine(embeddings, images.left, images.right)
-    return kfold_accuracy(scores, images.same, images.folds if folds is None else np.asarray(folds))
-
-
-def bin_folds(num_pairs: int, n_folds: int = 10) -> np.ndarray:
-    """Fold of each .bin pair: ``n_folds`` consecutive blocks, as insightface's unshuffled KFold.
-
-    Block sizes are equal when ``n_folds`` divides ``num_pairs`` (LFW: 6000 -> 600); otherwise the
-    first ``num_pairs % n_folds`` blocks hold one pair more, as scikit-learn's KFold splits.
-    """
-    if not 2 <= n_folds <= num_pairs:
-        raise ValueError(f"n_folds must be between 2 and the number of pairs ({num_pairs}), got {n_folds}")
-    sizes = np.full(n_folds, num_pairs // n_folds)
-    sizes[: num_pairs % n_folds] += 1
-    return np.repeat(np.arange(n_folds), sizes)
+    images = PairImages(pairs, image_root, spec)
+    index = PairIndex.from_pairs(pairs)[1]
+    if folds is not None:
+        index = index.with_folds(folds)
+    return index.result(embed_images(model, images, **embed_kwargs))
 
 
 def verify_bin(
@@ -284,6 +264,7 @@ def verify_bin(
     bin_path: str | os.PathLike | VerificationSet,
     *,
     n_folds: int = 10,
+    spec: InputSpec = DEFAULT_INPUT_SPEC,
     **embed_kwargs,
 ) -> VerificationResult:
     """K-fold verification accuracy of ``model`` on an insightface ``.bin`` (lfw, cfp_fp, agedb_30, ...).
@@ -295,8 +276,5 @@ def verify_bin(
         embed_kwargs: passed to :func:`embed_images` (batch_size, flip_test, device, ...).
     """
     verification = bin_path if isinstance(bin_path, VerificationSet) else read_bin(bin_path)
-    folds = bin_folds(verification.num_pairs, n_folds)
-    embeddings = embed_images(model, _BinImages(verification), **embed_kwargs)
-    pairs = np.arange(verification.num_pairs)
-    scores = _cosine(embeddings, 2 * pairs, 2 * pairs + 1)
-    return kfold_accuracy(scores, np.asarray(verification.issame, dtype=bool), folds)
+    index = PairIndex.from_bin(verification, n_folds)
+    return index.result(embed_images(model, BinImages(verification, spec), **embed_kwargs))

@@ -24,13 +24,14 @@ from ..data.align import FACE_CHOICES
 from ..data.align_job import list_images
 from ..data.binset import read_bin
 from ..data.errors import DataError
-from ..data.protocols import check_images_exist, read_pairs, stratified_folds
+from ..data.protocols import check_images_exist, read_pairs
 from .cache import EmbeddingCache, cache_key
-from .embed import _BinImages, embed_images
+from .embed import BinImages, embed_images
 from .identification import identify
+from .pair_index import PairIndex, unit_rows
 from .ijb import ijb_verification, read_ijb_meta
 from .images import ALIGN_MODES, FaceImages, Prep, count_preps
-from .models import ModelInfo, file_fingerprint
+from ..model import ModelInfo, file_fingerprint
 from .verification import FAR_TARGETS, eer, kfold_accuracy, rate_key, roc, tar_at_far
 
 __all__ = ["EvalOptions", "evaluate_pairs", "evaluate_bin", "evaluate_ijb", "evaluate_identification", "plot_roc"]
@@ -84,7 +85,7 @@ class EvalOptions:
 class _TaggedBin(Dataset):
     """A .bin's images with their prep code (they are aligned already)."""
 
-    def __init__(self, images: _BinImages):
+    def __init__(self, images: BinImages):
         self.images = images
 
     def __len__(self) -> int:
@@ -141,22 +142,7 @@ def embed_named(
     return embeddings, preps, stats
 
 
-def _normalized(embeddings: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
-        bad = int(np.count_nonzero((norms == 0) | ~np.isfinite(norms)))
-        raise ValueError(f"{bad} embeddings are zero or not finite; the model's output is broken for these inputs")
-    return embeddings / norms
-
-
 # ------------------------------------------------------------------------------------ verification
-
-
-def _pair_scores(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray, metric: str) -> np.ndarray:
-    """Higher = more alike: cosine, or minus the squared L2 distance of the normalized embeddings."""
-    unit = _normalized(embeddings.astype(np.float64))
-    cosine = np.einsum("pd,pd->p", unit[left], unit[right])
-    return cosine if metric == "cosine" else -(2.0 - 2.0 * cosine)
 
 
 def _verification_report(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, metric: str) -> tuple[dict, tuple | None]:
@@ -229,24 +215,17 @@ def evaluate_pairs(
     pairs = read_pairs(pairs_file)
     root = Path(images_root)
     check_images_exist(pairs, root, source=pairs_file)
-    names = list(dict.fromkeys(name for pair in pairs for name in (pair.left, pair.right)))
-    index = {name: i for i, name in enumerate(names)}
+    names, index = PairIndex.from_pairs(pairs, n_folds)
 
     def make_dataset(subset: list[str]) -> Dataset:
-        return FaceImages(subset, root, options.align, options.detector, options.crop_size, face_choice=options.face_choice)
+        return FaceImages(subset, root, options.align, options.detector, options.crop_size, face_choice=options.face_choice, spec=info.spec)
 
     embeddings, preps, stats = embed_named(model, info, names, make_dataset, options, {"images": str(root.resolve())})
-    left = np.array([index[p.left] for p in pairs])
-    right = np.array([index[p.right] for p in pairs])
-    same = np.array([p.same for p in pairs], dtype=bool)
-    file_folds = np.array([p.fold for p in pairs])
-    stratified = len(np.unique(file_folds)) == 1
-    folds = np.asarray(stratified_folds(pairs, n_folds)) if stratified else file_folds
-    scores = _pair_scores(embeddings, left, right, options.metric)
-    metrics, curve = _verification_report(scores, same, folds, options.metric)
+    scores = index.scores(embeddings, options.metric)
+    metrics, curve = _verification_report(scores, index.same, index.folds, options.metric)
     report = _base_report(
         "pairs", info, options, pairs_file=str(pairs_file), images=str(root),
-        folds_from=f"{n_folds} stratified folds" if stratified else "the file", **metrics,
+        folds_from=f"{n_folds} stratified folds" if index.stratified else "the file", **metrics,
         num_images=len(names), alignment=count_preps(preps), embedding=stats,
         seconds=time.perf_counter() - start,
     )
@@ -257,21 +236,17 @@ def evaluate_bin(
     model: nn.Module, info: ModelInfo, bin_path: str | os.PathLike, options: EvalOptions, n_folds: int = 10
 ) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """K-fold verification on an insightface ``.bin`` (aligned pairs; consecutive folds as insightface)."""
-    from .embed import bin_folds
-
     options.validate()
     start = time.perf_counter()
     verification = read_bin(bin_path)
-    images = _BinImages(verification)
+    images = BinImages(verification, info.spec)
     names = [str(i) for i in range(len(images))]
     embeddings, preps, stats = embed_named(
         model, info, names, lambda subset: _TaggedBin(_Subset(images, [int(n) for n in subset])), options,
         {"bin": file_fingerprint(bin_path)},
     )
-    pairs = np.arange(verification.num_pairs)
-    same = np.asarray(verification.issame, dtype=bool)
-    scores = _pair_scores(embeddings, 2 * pairs, 2 * pairs + 1, options.metric)
-    metrics, curve = _verification_report(scores, same, bin_folds(len(pairs), n_folds), options.metric)
+    index = PairIndex.from_bin(verification, n_folds)
+    metrics, curve = _verification_report(index.scores(embeddings, options.metric), index.same, index.folds, options.metric)
     report = _base_report("bin", info, options, bin=str(bin_path), **metrics, num_images=len(names),
                           alignment=count_preps(preps), embedding=stats, seconds=time.perf_counter() - start)
     return report, curve
@@ -312,7 +287,7 @@ def evaluate_ijb(
     def make_dataset(subset: list[str]) -> Dataset:
         landmarks = None if meta.landmarks is None else meta.landmarks[[position[n] for n in subset]]
         return FaceImages(subset, image_dir, options.align, options.detector, options.crop_size, landmarks=landmarks,
-                          face_choice=options.face_choice)
+                          face_choice=options.face_choice, spec=info.spec)
 
     embeddings, preps, stats = embed_named(model, info, names, make_dataset, options, {"ijb": str(Path(root).resolve()), "name": name})
     use_scores = use_detector_score and meta.scores is not None
@@ -358,10 +333,11 @@ def evaluate_identification(
         names, identities = _identity_folder(root, what, labelled)
 
         def make_dataset(subset: list[str], root: Path = root) -> Dataset:
-            return FaceImages(subset, root, options.align, options.detector, options.crop_size, face_choice=options.face_choice)
+            return FaceImages(subset, root, options.align, options.detector, options.crop_size, face_choice=options.face_choice,
+                              spec=info.spec)
 
         embeddings, preps, stats[what] = embed_named(model, info, names, make_dataset, options, {"images": str(root.resolve())})
-        features[what], labels[what], alignment[what] = _normalized(embeddings), identities, count_preps(preps)
+        features[what], labels[what], alignment[what] = unit_rows(embeddings), identities, count_preps(preps)
     result = identify(features["gallery"], labels["gallery"], features["probes"], labels["probes"],
                       distractors=features.get("distractors"))
     return _base_report("identification", info, options, gallery=str(gallery), probes=str(probes),

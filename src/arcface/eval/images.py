@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from ..data.align import ALIGNED_SIZE, FaceAligner, FaceDetector, warp_face
 from ..data.datasets import FaceTransform
 from ..data.errors import DataError
+from ..input_spec import DEFAULT_INPUT_SPEC, InputSpec
 
 __all__ = ["ALIGN_MODES", "Prep", "FaceImages", "center_crop"]
 
@@ -56,7 +57,7 @@ def center_crop(image: np.ndarray, crop_size: int | None) -> np.ndarray:
 
 
 class FaceImages(Dataset):
-    """``dataset[i] -> ((3, 112, 112) float32 in [-1, 1], Prep code)`` for image files.
+    """``dataset[i] -> ((3, 112, 112) float32 normalized by ``spec``, Prep code)`` for image files.
 
     Args:
         paths: image paths relative to ``root`` (or absolute).
@@ -67,6 +68,7 @@ class FaceImages(Dataset):
         crop_size: side in pixels of the center crop ("center" mode and the no-face fallback).
         landmarks: (N, 5, 2) per-image landmarks (e.g. IJB's), used instead of detection.
         face_choice: which detection of a several-face image to align ("center", "score", "largest").
+        spec: the model's input spec (the faces are normalized for it).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class FaceImages(Dataset):
         crop_size: int | None = None,
         landmarks: np.ndarray | None = None,
         face_choice: str = "center",
+        spec: InputSpec = DEFAULT_INPUT_SPEC,
     ):
         if align not in ALIGN_MODES:
             raise ValueError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
@@ -91,7 +94,7 @@ class FaceImages(Dataset):
         self.align, self.detector, self.crop_size = align, detector, crop_size
         self.landmarks = landmarks
         self.face_choice = face_choice
-        self.transform = FaceTransform(flip=0.0)
+        self.transform = FaceTransform(flip=0.0, spec=spec)
         self._aligner: FaceAligner | None = None  # created in each DataLoader worker (cv2 objects do not pickle)
 
     def __len__(self) -> int:

@@ -1,7 +1,10 @@
 """ONNX export of a backbone with a parity check against PyTorch and an onnxruntime throughput figure.
 
-The exported model keeps our input convention: ``input`` float32 (batch, 3, 112, 112), RGB,
-``(x - 127.5) / 127.5``; output ``embeddings`` float32 (batch, D), not normalized. The batch axis is
+The exported model keeps the backbone's input spec: ``input`` float32 (batch, 3, 112, 112), RGB,
+``(x - 127.5) / 127.5`` for our models; output ``embeddings`` float32 (batch, D), not normalized. The spec
+is written into the file's ``metadata_props`` (``arcface.input_size``, ``arcface.input_mean``,
+``arcface.input_std``, ``arcface.channel_order``, ``arcface.layout``, plus ``arcface.embedding_size`` and
+what the caller adds), so loading the file needs no input flags. The batch axis is
 dynamic (insightface's exporter is reported to break with batch > 1): parity is checked at batch 1, 7
 and 64 by default. ``simplify=True`` rewrites the graph with onnxruntime's *basic* optimizations
 (constant folding, redundant-node elimination, Conv+BatchNorm-style fusions that every execution
@@ -20,31 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..input_spec import DEFAULT_INPUT_SPEC, FACE_SIZE, InputSpec
+from ..model.onnx_file import append_onnx_metadata, onnx_session, require_onnxruntime
+
 __all__ = ["export_onnx", "simplify_onnx", "ExportError", "DEFAULT_OPSET"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17  # read by every onnxruntime release since 1.11
-IMAGE_SIZE = 112
 
 
 class ExportError(RuntimeError):
     """The exported model does not reproduce the PyTorch model."""
 
 
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError("the parity check runs the model with onnxruntime: pip install onnxruntime (or 'arcface[onnx]')") from error
-    return onnxruntime
-
-
 def _session(path: Path):
-    onnxruntime = _onnxruntime()
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx_session(path, providers=["CPUExecutionProvider"])
 
 
 def _node_count(path: Path) -> int | None:
@@ -57,7 +51,7 @@ def _node_count(path: Path) -> int | None:
 
 def simplify_onnx(source: Path, target: Path) -> None:
     """Save ``source`` rewritten by onnxruntime's basic (provider-independent) graph optimizations."""
-    onnxruntime = _onnxruntime()
+    onnxruntime = require_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -73,8 +67,14 @@ def export_onnx(
     tolerance: float = 1e-4,
     seed: int = 0,
     simplify: bool = False,
+    spec: InputSpec = DEFAULT_INPUT_SPEC,
+    metadata: dict[str, str] | None = None,
 ) -> dict:
     """Export ``model`` (CPU, fp32, eval mode) to ``path`` and check it.
+
+    Args:
+        spec: the input spec the model was trained with; written into the file's metadata.
+        metadata: further ``metadata_props`` (keys should start with ``arcface.``).
 
     The file is written beside ``path`` first and renamed only when every parity check passes, so a
     failed export never leaves a file that looks good.
@@ -89,9 +89,11 @@ def export_onnx(
     """
     path = Path(path)
     model = model.cpu().float().eval()
+    if spec.size != FACE_SIZE or spec.layout != "NCHW":
+        raise ValueError(f"only NCHW {FACE_SIZE}x{FACE_SIZE} backbones are exported here, got {spec.describe()}")
     temporary = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    example = torch.zeros(2, 3, FACE_SIZE, FACE_SIZE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks: they add no graph nodes
         torch.onnx.export(
@@ -112,7 +114,7 @@ def export_onnx(
         generator = torch.Generator().manual_seed(seed)
         per_batch: dict[int, float] = {}
         for batch in check_batches:
-            images = torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1
+            images = torch.rand(batch, 3, FACE_SIZE, FACE_SIZE, generator=generator) * 2 - 1
             with torch.no_grad():
                 expected = model(images).numpy()
             got = session.run(None, {"input": images.numpy()})[0]
@@ -121,13 +123,16 @@ def export_onnx(
             per_batch[batch] = float(np.abs(got - expected).max())
             if per_batch[batch] > tolerance:
                 raise ExportError(f"batch {batch}: ONNX differs from PyTorch by {per_batch[batch]:.3g} (> {tolerance:g})")
-        images = np.random.default_rng(seed).uniform(-1, 1, (64, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+        images = np.random.default_rng(seed).uniform(-1, 1, (64, 3, FACE_SIZE, FACE_SIZE)).astype(np.float32)
         session.run(None, {"input": images})  # warm-up
         start, runs = time.perf_counter(), 0
         while runs < 3 or time.perf_counter() - start < 2.0:
             session.run(None, {"input": images})
             runs += 1
         throughput = runs * 64 / (time.perf_counter() - start)
+        del session
+        props = {**spec.to_metadata(), "arcface.embedding_size": str(int(expected.shape[1])), **(metadata or {})}
+        append_onnx_metadata(temporary, props)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -135,7 +140,7 @@ def export_onnx(
     report = {
         "onnx": str(path), "opset": opset, "bytes": path.stat().st_size, "embedding_size": int(expected.shape[1]),
         "max_abs_diff": max(per_batch.values()), "per_batch": per_batch, "ort_images_per_s": throughput,
-        "nodes": _node_count(path),
+        "nodes": _node_count(path), "metadata": props,
     }
     if simplify:
         report["nodes_before_simplify"] = nodes_before

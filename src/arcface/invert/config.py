@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..input_spec import FACE_SIZE
+
 __all__ = ["IMAGE_SIZE", "PARAMETERIZATIONS", "InversionConfig"]
 
-IMAGE_SIZE = 112
+IMAGE_SIZE = FACE_SIZE
 PARAMETERIZATIONS = ("pixels", "fourier")
 
 

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbones import create_backbone
 from ..data.errors import DataError
-from ..train.checkpoint import load_checkpoint_or_run
-from ..train.config import HeadConfig
+from ..model import load_trained_model
 from .bn_prior import batchnorm_layers
 from .config import InversionConfig
 from .inversion import invert_classes, invert_embeddings
@@ -32,29 +30,10 @@ logger = logging.getLogger(__name__)
 
 def load_for_inversion(checkpoint: str | os.PathLike, need_head: bool) -> tuple[nn.Module, nn.Module | None, dict]:
     """(backbone, head or None, checkpoint state) from a training checkpoint or run folder."""
-    path, state = load_checkpoint_or_run(checkpoint)
-    model_config = state["config"]["model"]
-    backbone = create_backbone(model_config["backbone"], embedding_size=model_config["embedding_size"])
-    backbone.load_state_dict(state["backbone"])
-    if not batchnorm_layers(backbone):
-        raise DataError(f"{path}: the backbone has no BatchNorm2d statistics; inversion's prior needs them")
-    head = None
-    if need_head:
-        head_state = state.get("head") or {}
-        if "weight" not in head_state or not state.get("num_classes"):
-            raise DataError(f"{path}: no classification head in the checkpoint; close-set inversion (--classes) needs one")
-        from ..train.head_state import build_training_head
-
-        values = {k: v for k, v in state["config"]["head"].items() if k in HeadConfig.__dataclass_fields__}
-        config = HeadConfig(**{**values, "sample_rate": 1.0, "init_from": None})
-        head = build_training_head(config, int(state["num_classes"]), int(model_config["embedding_size"]), 0, 1, seed=0)
-        with torch.no_grad():
-            if tuple(head.weight.shape) != tuple(head_state["weight"].shape):
-                raise DataError(f"{path}: head weight {tuple(head_state['weight'].shape)} does not fit the config's head {tuple(head.weight.shape)}")
-            head.weight.copy_(head_state["weight"])
-            if "bias" in head_state and getattr(head, "bias", None) is not None:
-                head.bias.copy_(head_state["bias"])
-    return backbone, head, state
+    trained = load_trained_model(checkpoint, need_head=need_head)
+    if not batchnorm_layers(trained.backbone):
+        raise DataError(f"{trained.path}: the backbone has no BatchNorm2d statistics; inversion's prior needs them")
+    return trained.backbone, trained.head, trained.state
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

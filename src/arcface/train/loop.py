@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..backbones import create_backbone
 from ..data.datasets import FaceTransform, build_dataset
+from ..input_spec import DEFAULT_INPUT_SPEC
 from ..heads.partial_fc import PartialFCHead
 from .checkpoint import atomic_torch_save, initial_backbone_weights, load_latest, save_checkpoint
 from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict
@@ -168,6 +169,7 @@ class _Run:
         return {
             "arcface_version": __version__,
             "config": config_to_dict(self.config),
+            "input_spec": DEFAULT_INPUT_SPEC.to_dict(),  # what FaceTransform fed the backbone
             "world_size": self.context.world_size,
             "step": self.position.step,
             "position": vars(self.position).copy(),
@@ -215,7 +217,7 @@ class _Run:
         results = {}
         if self.context.is_main:
             from ..eval import verify_bin, verify_pairs
-            from ..data.protocols import read_pairs, stratified_folds
+            from ..data.protocols import read_pairs
 
             self.backbone.eval()
             kwargs = {"batch_size": config.batch_size, "device": self.device, "autocast_dtype": self.autocast_dtype,
@@ -223,8 +225,7 @@ class _Run:
             if config.pairs is not None:
                 pairs = read_pairs(config.pairs)
                 # View 1 files (pairsDevTest.txt) have no folds and list all same pairs first.
-                folds = stratified_folds(pairs) if len({p.fold for p in pairs}) == 1 else None
-                result = verify_pairs(self.backbone, pairs, config.images, folds=folds, **kwargs)
+                result = verify_pairs(self.backbone, pairs, config.images, **kwargs)
                 results[Path(config.pairs).name] = result.accuracy_mean
             for bin_path in config.bins:
                 results[Path(bin_path).name] = verify_bin(self.backbone, bin_path, **kwargs).accuracy_mean
