@@ -76,7 +76,7 @@ def test_gallery_search_finds_the_person(setup, tmp_path, capsys):
     assert sorted(set(gallery.names)) == ["ann", "bob", "cid"] and len(gallery.names) == 9
     assert main(["search", str(people / "cid" / "1.png"), "--gallery", str(tmp_path / "g.npz"), "--model", str(model), "-k", "2", "--device", "cpu"]) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert [line[1] for line in lines][0] == "cid" and len(lines) == 2
+    assert lines[0][:2] == ["answer", "cid"] and [line[1] for line in lines[1:]][0] == "cid" and len(lines) == 1 + 2
     scores = gallery.embeddings @ gallery.embeddings[gallery.names.index("bob")]
     best = gallery.search(gallery.embeddings[[gallery.names.index("bob")]], k=3)[0]
     assert best[0] == ("bob", pytest.approx(float(scores.max()), abs=1e-6))
