@@ -72,10 +72,14 @@ def test_q_after_the_verb_silences_the_logs_of_a_real_process(tmp_path):
 def test_messages_name_flags_not_python_arguments():
     parser = build_parser()
     assert flag_spelling("photo.jpg: pass aligned=True for aligned faces", parser) == "photo.jpg: pass --aligned for aligned faces"
+    assert flag_spelling("x: pass detector=PATH or run it", parser) == "x: pass --detector PATH or run it"
     assert flag_spelling("fallback_fraction must be in (0, 1], got 2", parser) == "--fallback-fraction must be in (0, 1], got 2"
     assert flag_spelling("batch_size must be >= 1, got 0", parser) == "--batch-size must be >= 1, got 0"
     assert flag_spelling("workers must be >= 1, got 0", parser) == "--workers must be >= 1, got 0"
-    assert flag_spelling("the workers of this run", parser) == "the workers of this run"  # plain words stay
+    assert flag_spelling("data: workers must be >= 1", parser) == "data: --workers must be >= 1"
+    for unchanged in ("the workers of this run", "the model must return (B, D) embeddings", "/data/input_std/x.onnx: not found",
+                      "use_faiss=True but faiss is not installed"):
+        assert flag_spelling(unchanged, parser) == unchanged
 
 
 @pytest.fixture
@@ -149,8 +153,3 @@ def test_embed_json_and_out_hold_the_same_embeddings(people, tmp_path, capsys):
     assert face["box"] == [0, 0, SIZE, SIZE] and face["score"] is None
     np.testing.assert_allclose(face["embedding"], matrix[0], atol=1e-6)
     assert main(["embed", str(root), "--model", str(model)]) == 2  # neither --out nor --json
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ARCFACE_HOME", str(tmp_path / "home"))

@@ -89,6 +89,7 @@ def test_unaligned_photo_without_a_detector_is_a_clear_error(setup, tmp_path, ca
     with pytest.raises(DataError, match="detector"):
         FaceRecognizer.load(model).embed([str(tmp_path / "big.jpg")])
     assert main(["verify", str(tmp_path / "big.jpg"), str(tmp_path / "big.jpg"), "--model", str(model), "--device", "cpu"]) == 2
+    assert "pass --detector PATH" in caplog.text and "pass --aligned" in caplog.text and "=True" not in caplog.text  # flags, not Python
     assert main(["search", str(tmp_path / "big.jpg"), "--gallery", str(tmp_path / "none.npz"), "--model", str(model)]) == 2
     assert "gallery file not found" in caplog.text
 

@@ -63,11 +63,13 @@ def _option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 def flag_spelling(message: str, parser: argparse.ArgumentParser) -> str:
     """A library message speaks Python (``aligned=True``, ``batch_size must be``); say the flags instead."""
     for dest, flag in _option_names(parser).items():
-        message = re.sub(rf"(?<![\w.-]){re.escape(dest)}=(True|False)\b", flag, message)
-        if "_" in dest:
-            message = re.sub(rf"(?<![\w.$-]){re.escape(dest)}(?![\w(=])", flag, message)
-        else:
-            message = re.sub(rf"(?<![\w.$-]){re.escape(dest)}(?= must )", flag, message)
+        name = re.escape(dest)
+        message = re.sub(rf"(?<![\w./\\$-]){name}=(True|False)\b", flag, message)
+        message = re.sub(rf"(?<![\w./\\$-]){name}=(?=[A-Z]+\b)", f"{flag} ", message)  # detector=PATH
+        if "_" in dest:  # a Python identifier, unless it is part of a path or a longer name
+            message = re.sub(rf"(?<![\w./\\$-]){name}(?![\w(=/\\-]|\.\w)", flag, message)
+        else:  # a plain word ("workers") is a flag only as the subject of a check: "workers must be >= 1"
+            message = re.sub(rf"(^|[:;] ){name}(?= must )", rf"\g<1>{flag}", message)
     return message
 
 

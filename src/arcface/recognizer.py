@@ -222,8 +222,8 @@ class FaceRecognizer:
     def _face_detector(self, name: str, bgr: np.ndarray) -> FaceDetector:
         if self.detector is None:
             raise DataError(f"{name}: a {bgr.shape[1]}x{bgr.shape[0]} photo needs face detection and no YuNet detector was found: "
-                            "run `arcface models pull yunet`, or pass --detector PATH (detector= in Python); photos that are "
-                            "aligned 112x112 faces need none: pass --aligned (aligned=True)")
+                            "run `arcface models pull yunet` or pass detector=PATH; photos that are aligned 112x112 faces "
+                            "need none: pass aligned=True")
         if self._aligner is None:
             self._aligner = FaceAligner(FaceDetector(self.detector))
         return self._aligner.detector
