@@ -23,3 +23,10 @@ def shared_path(relative: str) -> Path:
 def run_losses(run_dir: Path) -> list[float]:
     """The training losses a run logged to its metrics.jsonl, in order."""
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+@pytest.fixture(autouse=True)
+def _model_home(tmp_path_factory, monkeypatch):
+    """Each test gets an empty model home: nothing from the user's $ARCFACE_HOME (a pulled detector, a
+    registered model) changes what a test sees, and nothing a test writes lands there."""
+    monkeypatch.setenv("ARCFACE_HOME", str(tmp_path_factory.mktemp("arcface_home")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import tarfile
@@ -38,7 +39,8 @@ def test_fetch_lfw_lays_out_images_and_protocol_files(tmp_path):
         info = tarfile.TarInfo("lfw-deepfunneled/Ann/Ann_0001.jpg")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    lfw = fetch_lfw(tmp_path / "lfw", base_url=server.as_uri())
+    checksums = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in server.iterdir()}
+    lfw = fetch_lfw(tmp_path / "lfw", base_url=server.as_uri(), checksums=checksums)
     assert (lfw / "images" / "Ann" / "Ann_0001.jpg").read_bytes() == data
     assert (lfw / "pairsDevTest.txt").exists()
 

@@ -174,15 +174,15 @@ def test_bad_input_is_refused(tmp_path, caplog):
     with pytest.raises(SystemExit):
         main(["invert", "--help"])
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--scale-jitter", "1.5", "--out", str(tmp_path / "y")]) == 2
-    assert "scale_jitter must be in [0, 1)" in caplog.text and not (tmp_path / "y").exists()
+    assert "--scale-jitter must be in [0, 1)" in caplog.text and not (tmp_path / "y").exists()
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--color-shift", "1", "--out", str(tmp_path / "z")]) == 2
-    assert "color_shift must be in [0, 1)" in caplog.text and not (tmp_path / "z").exists()
+    assert "--color-shift must be in [0, 1)" in caplog.text and not (tmp_path / "z").exists()
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--reverse-attack", "-2", "--out", str(tmp_path / "r")]) == 2
-    assert "reverse_attack must be >= 0" in caplog.text and not (tmp_path / "r").exists()
+    assert "--reverse-attack must be >= 0" in caplog.text and not (tmp_path / "r").exists()
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--coarse-to-fine", "2", "--out", str(tmp_path / "f")]) == 2
-    assert "coarse_to_fine must be in [0, 1]" in caplog.text and not (tmp_path / "f").exists()
+    assert "--coarse-to-fine must be in [0, 1]" in caplog.text and not (tmp_path / "f").exists()
     assert main(["invert", str(checkpoint(tmp_path / "c.pt")), "--classes", "0", "--layer-erosion", "1", "--out", str(tmp_path / "e")]) == 2
-    assert "layer_erosion must be in [0, 1)" in caplog.text and not (tmp_path / "e").exists()
+    assert "--layer-erosion must be in [0, 1)" in caplog.text and not (tmp_path / "e").exists()
 
 
 def test_command_defaults_are_the_configs():

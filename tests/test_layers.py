@@ -19,7 +19,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "arcface"
 LAYERS: list[set[str]] = [
     {"registry", "runtime", "input_spec", "configs"},
     {"data"},
-    {"backbones", "heads"},
+    {"home"},
+    {"backbones", "heads", "pretrained"},
     {"model"},
     {"eval", "export"},
     {"train"},

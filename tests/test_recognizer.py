@@ -76,7 +76,7 @@ def test_gallery_search_finds_the_person(setup, tmp_path, capsys):
     assert sorted(set(gallery.names)) == ["ann", "bob", "cid"] and len(gallery.names) == 9
     assert main(["search", str(people / "cid" / "1.png"), "--gallery", str(tmp_path / "g.npz"), "--model", str(model), "-k", "2", "--device", "cpu"]) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert [line[1] for line in lines][0] == "cid" and len(lines) == 2
+    assert lines[0][:2] == ["answer", "cid"] and [line[1] for line in lines[1:]][0] == "cid" and len(lines) == 1 + 2
     scores = gallery.embeddings @ gallery.embeddings[gallery.names.index("bob")]
     best = gallery.search(gallery.embeddings[[gallery.names.index("bob")]], k=3)[0]
     assert best[0] == ("bob", pytest.approx(float(scores.max()), abs=1e-6))
@@ -89,6 +89,7 @@ def test_unaligned_photo_without_a_detector_is_a_clear_error(setup, tmp_path, ca
     with pytest.raises(DataError, match="detector"):
         FaceRecognizer.load(model).embed([str(tmp_path / "big.jpg")])
     assert main(["verify", str(tmp_path / "big.jpg"), str(tmp_path / "big.jpg"), "--model", str(model), "--device", "cpu"]) == 2
+    assert "pass --detector PATH" in caplog.text and "pass --aligned" in caplog.text and "=True" not in caplog.text  # flags, not Python
     assert main(["search", str(tmp_path / "big.jpg"), "--gallery", str(tmp_path / "none.npz"), "--model", str(model)]) == 2
     assert "gallery file not found" in caplog.text
 
@@ -141,3 +142,28 @@ def test_gallery_search_matches_a_brute_force_reference(use_faiss):
             expected = sorted(best.items(), key=lambda item: -item[1])[:k]
             assert [n for n, _ in found] == [n for n, _ in expected]
             np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-5)
+
+
+def test_detect_finds_both_faces_of_two_photos_side_by_side(tmp_path):
+    lfw = shared_path("data/lfw_deepfunneled/images")
+    recognizer = FaceRecognizer.from_onnx(shared_path("data/models/mobilefacenet_onnx/mobilefacenet.onnx"), input_std=128.0,
+                                          detector=shared_path("data/models/yunet/face_detection_yunet_2026may.onnx"))
+    left, right = lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg"
+    pair = np.concatenate([cv2.imread(str(left)), cv2.imread(str(right))], axis=1)  # 250 x 500
+    cv2.imwrite(str(tmp_path / "pair.png"), pair)
+    faces = recognizer.detect(tmp_path / "pair.png")
+    assert len(faces) == 2
+    faces.sort(key=lambda face: face.box[0])
+    for face, (x0, x1) in zip(faces, ((0, 250), (250, 500))):
+        x, y, w, h = face.box
+        assert x0 <= x and x + w <= x1 and 50 <= w <= 200 and 50 <= h <= 220  # inside its own half, a face's size
+        center = face.landmarks.mean(axis=0)
+        assert x0 < center[0] < x1 and 0.5 < face.score <= 1 and face.crop.shape == (112, 112, 3)
+        np.testing.assert_allclose(np.linalg.norm(face.embedding), 1, atol=1e-5)
+    # Each face's embedding is its own photo's (up to the detector's landmarks moving slightly with the canvas).
+    alone = recognizer.embed([str(left), str(right)]).embeddings
+    similarity = np.stack([face.embedding for face in faces]) @ alone.T
+    assert similarity[0, 0] > 0.9 and similarity[1, 1] > 0.9 and similarity[0, 1] < 0.5 and similarity[1, 0] < 0.5
+    result = recognizer.embed([str(tmp_path / "pair.png"), str(left)], all_faces=True)
+    assert result.status == ["ok_several_faces", "ok"] and [len(f) for f in result.faces] == [2, 1]
+    np.testing.assert_allclose(result.faces[1][0].embedding, alone[0], atol=1e-5)

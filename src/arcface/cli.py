@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from . import __version__
@@ -20,8 +21,10 @@ from .commands import export as export_commands
 from .commands import heads as heads_commands
 from .commands import invert as invert_commands
 from .commands import lfw as lfw_commands
+from .commands import models as models_commands
 from .commands import train as train_commands
 from .commands import use as use_commands
+from .commands.common import ArcfaceParser
 
 __all__ = ["main", "build_parser", "CommandError"]
 
@@ -29,16 +32,45 @@ log = logging.getLogger("arcface")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArcfaceParser(
         prog="arcface",
-        description="Train, evaluate and use face recognition models with additive angular margin losses.",
+        description="Train, evaluate and use face recognition models with additive angular margin losses. "
+        "-v / -q work before or after the verb; `arcface VERB --help` shows each verb's options and defaults.",
     )
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (clean_commands, data_commands, eval_commands, export_commands, heads_commands, invert_commands, lfw_commands, train_commands, use_commands):
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")  # sub-parsers are ArcfaceParsers too
+    for module in (clean_commands, data_commands, eval_commands, export_commands, heads_commands, invert_commands, lfw_commands,
+                   models_commands, train_commands, use_commands):
         module.register(verbs)
     return parser
+
+
+def _option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> its --flag over the whole command tree, to speak of flags in messages."""
+    names: dict[str, str] = {}
+    stack = [parser]
+    while stack:
+        current = stack.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            long = [option for option in action.option_strings if option.startswith("--")]
+            if long and action.dest not in (argparse.SUPPRESS, "help"):
+                names.setdefault(action.dest, long[0])
+    return names
+
+
+def flag_spelling(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message speaks Python (``aligned=True``, ``batch_size must be``); say the flags instead."""
+    for dest, flag in _option_names(parser).items():
+        name = re.escape(dest)
+        message = re.sub(rf"(?<![\w./\\$-]){name}=(True|False)\b", flag, message)
+        message = re.sub(rf"(?<![\w./\\$-]){name}=(?=[A-Z]+\b)", f"{flag} ", message)  # detector=PATH
+        if "_" in dest:  # a Python identifier, unless it is part of a path or a longer name
+            message = re.sub(rf"(?<![\w./\\$-]){name}(?![\w(=/\\-]|\.\w)", flag, message)
+        else:  # a plain word ("workers") is a flag only as the subject of a check: "workers must be >= 1"
+            message = re.sub(rf"(^|[:;] ){name}(?= must )", rf"\g<1>{flag}", message)
+    return message
 
 
 def _one_line(message: str) -> str:
@@ -54,10 +86,11 @@ def _one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose, args.quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    )  # on stderr: stdout carries results only (--json documents stay parseable)
     handler = getattr(args, "handler", None)
     if handler is None:
         (getattr(args, "verb_parser", None) or parser).print_help()
@@ -68,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except (CommandError, DataError, ValueError) as error:
         log.debug("details", exc_info=True)
-        log.error("%s", _one_line(str(error)))
+        log.error("%s", flag_spelling(_one_line(str(error)), parser))
         return 2
     except OSError as error:
         log.error("%s: %s", getattr(error, "filename", None) or "I/O error", error.strerror or error)

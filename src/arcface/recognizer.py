@@ -6,6 +6,8 @@
 >>> score, same = recognizer.verify(cv2.imread("a.jpg"), cv2.imread("b.jpg"), bgr=True)   # OpenCV arrays
 >>> gallery = Gallery.build(recognizer, "people/")          # people/<name>/<photo>
 >>> gallery.search(recognizer.embed(["query.jpg"]).embeddings, k=5)
+>>> recognizer = FaceRecognizer.from_pretrained("buffalo_l")   # a registry name (or a path): its input convention applied
+>>> [(face.box, face.score) for face in recognizer.detect("group.jpg")]   # every face, with its embedding
 
 Photos are read, detected and aligned (YuNet) unless they are 112x112 aligned faces already (or
 ``aligned=True``); a photo without a face, unreadable, or with several faces gets a status instead of
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +28,14 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
-from .data.align import ALIGNED_SIZE, FaceAligner, FaceDetector
+from .data.align import ALIGNED_SIZE, ARCFACE_TEMPLATE, FaceAligner, FaceDetector, choose_face, warp_face
 from .data.errors import DataError
 from .eval.embed import embed_images
 from .model import ModelInfo, load_face_model
 
-__all__ = ["FaceRecognizer", "EmbedResult", "Gallery", "DEFAULT_THRESHOLD"]
+__all__ = ["FaceRecognizer", "EmbedResult", "Face", "Gallery", "DEFAULT_THRESHOLD", "answer_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,47 @@ logger = logging.getLogger(__name__)
 # ArcFace-family models put LFW's best threshold between about 0.2 and 0.4; pass threshold= (or a
 # report from `arcface eval --out`) for a calibrated value.
 DEFAULT_THRESHOLD = 0.3
+# Fewer photos than this get no progress bar (it would flash by); bars are shown only on a terminal.
+PROGRESS_MIN_IMAGES = 16
+
+
+@dataclass
+class Face:
+    """One face found in a photo.
+
+    Attributes:
+        box: (4,) float64 x, y, width, height in the photo's pixels.
+        landmarks: (5, 2) float64: image-left eye, image-right eye, nose tip, mouth corners (image-left first).
+        score: the detector's confidence in [0, 1]; NaN for a photo given as an aligned face.
+        crop: (112, 112, 3) uint8 RGB, the face aligned to the ArcFace template.
+        embedding: (D,) float32, L2-normalized.
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+    crop: np.ndarray
+    embedding: np.ndarray
+
+    def to_dict(self) -> dict:
+        """JSON-ready: box, landmarks and score (not the crop or the embedding)."""
+        return {"box": [round(float(v), 2) for v in self.box], "landmarks": [[round(float(v), 2) for v in point] for point in self.landmarks],
+                "score": None if np.isnan(self.score) else round(float(self.score), 4)}
+
+
+def _progress_shown(progress: bool | None, count: int) -> bool:
+    """Progress bars: never when asked not to or when stderr is not a terminal; by default only for many photos."""
+    if progress is False or (progress is None and count < PROGRESS_MIN_IMAGES):
+        return False
+    return sys.stderr.isatty()
+
+
+def answer_of(matches: list[tuple[str, float]], threshold: float) -> str | None:
+    """The identity a search names: the best match when its cosine is above ``threshold``, else None (unknown).
+
+    The same rule as ``verify``'s "same": score > threshold.
+    """
+    return matches[0][0] if matches and matches[0][1] > threshold else None
 
 
 @dataclass
@@ -48,10 +93,13 @@ class EmbedResult:
     Attributes:
         embeddings: (N, D) float32, L2-normalized; NaN rows where no face could be used.
         status: per photo: "ok", "ok_several_faces" (the one nearest the center used), "no_face", "unreadable: ...".
+        faces: with ``embed(..., all_faces=True)``: per photo, every face found (best score first), each
+            with box, landmarks, score, aligned crop and embedding; None otherwise.
     """
 
     embeddings: np.ndarray
     status: list[str]
+    faces: list[list[Face]] | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -94,6 +142,7 @@ class FaceRecognizer:
         self._aligner: FaceAligner | None = None
         self.batch_size, self.flip_test = batch_size, flip_test
         self.threshold = float(threshold) if threshold is not None else self._report_threshold()
+        self.entry = None  # the registry entry, when made by from_pretrained with a name (or a registered file)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, arch: str | None = None, input_mean: float | None = None, input_std: float | None = None,
@@ -106,6 +155,39 @@ class FaceRecognizer:
         model, info = load_face_model(path, architecture=arch, input_mean=input_mean, input_std=input_std,
                                       input_layout=input_layout, bgr=bgr)
         return cls(model, info, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, download: bool = True, detector: str | os.PathLike | None = "auto",
+                        arch: str | None = None, input_mean: float | None = None, input_std: float | None = None,
+                        input_layout: str | None = None, bgr: bool | None = None, threshold: float | None = None,
+                        progress: bool | None = None, **kwargs) -> "FaceRecognizer":
+        """A registry name (``arcface models list``) or a model path, with the entry's input convention applied.
+
+        Args:
+            download: pull a registry model that is not in the model home yet (``$ARCFACE_HOME``).
+            detector: "auto": the YuNet detector found by :func:`arcface.home.find_detector` (pulled
+                into the home when absent and ``download``); a path; or None for aligned faces only.
+            input_mean, input_std, input_layout, bgr: override the entry's input convention.
+            threshold: override the entry's verification threshold (else a report beside the model,
+                else DEFAULT_THRESHOLD).
+        """
+        from .home import find_detector
+        from .pretrained import input_arguments, pull, resolve_model
+
+        resolved = resolve_model(name_or_path, download=download, progress=progress)
+        arguments = input_arguments(resolved.entry, input_mean=input_mean, input_std=input_std, input_layout=input_layout, bgr=bgr)
+        if isinstance(detector, str) and detector == "auto":
+            detector = find_detector(None)
+            if detector is None and download:
+                try:
+                    detector = str(pull("yunet", progress=progress))
+                except DataError as error:  # aligned faces need no detector: say so, and go on
+                    logger.warning("no face detector (%s); only aligned 112x112 faces can be used", error)
+        if threshold is None and resolved.entry is not None:
+            threshold = resolved.entry.threshold
+        recognizer = cls.load(resolved.path, arch=arch, **arguments, detector=detector, threshold=threshold, **kwargs)
+        recognizer.entry = resolved.entry
+        return recognizer
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "FaceRecognizer":
@@ -137,28 +219,38 @@ class FaceRecognizer:
             if bgr.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):
                 bgr = cv2.resize(bgr, (ALIGNED_SIZE, ALIGNED_SIZE), interpolation=cv2.INTER_AREA)
             return bgr, "ok"
-        if self.detector is None:
-            raise DataError(f"{name}: a {bgr.shape[1]}x{bgr.shape[0]} photo needs face detection: give a YuNet detector "
-                            "(detector=..., --detector, or $ARCFACE_DETECTOR), or aligned=True for aligned faces")
-        if self._aligner is None:
-            self._aligner = FaceAligner(FaceDetector(self.detector))
-        detections = self._aligner.detector.detect(bgr)
+        detections = self._face_detector(name, bgr).detect(bgr)
         if not detections:
             return None, "no_face"
         face = self._aligner.warp(bgr, detections)[0].image
         return face, "ok" if len(detections) == 1 else "ok_several_faces"
 
-    def embed(self, images, aligned: bool | None = None, bgr: bool = False) -> EmbedResult:
+    def _face_detector(self, name: str, bgr: np.ndarray) -> FaceDetector:
+        if self.detector is None:
+            raise DataError(f"{name}: a {bgr.shape[1]}x{bgr.shape[0]} photo needs face detection and no YuNet detector was found: "
+                            "run `arcface models pull yunet` or pass detector=PATH; photos that are aligned 112x112 faces "
+                            "need none: pass aligned=True")
+        if self._aligner is None:
+            self._aligner = FaceAligner(FaceDetector(self.detector))
+        return self._aligner.detector
+
+    def embed(self, images, aligned: bool | None = None, bgr: bool = False, *, all_faces: bool = False,
+              progress: bool | None = None) -> EmbedResult:
         """Embed photos; never stops on a bad photo.
 
         Args:
             images: one or a list of: paths, PIL images, (H, W, 3) uint8 arrays.
             aligned: the photos are aligned 112x112 faces (None: decide by size).
             bgr: numpy arrays are BGR (``cv2.imread``); default RGB. Paths and PIL images ignore it.
+            all_faces: also return every face of every photo (``result.faces``); the embeddings
+                stay one row per photo (the face nearest the center).
+            progress: a progress bar (on a terminal); None: for 16 photos or more.
         """
         images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if all_faces:
+            return self._embed_every_face(images, aligned, bgr, progress)
         faces, status = [], []
-        for index, image in enumerate(images):
+        for index, image in enumerate(tqdm(images, desc="read + align", unit="photo", disable=not _progress_shown(progress, len(images)))):
             face, state = self._face(image, str(image) if isinstance(image, (str, os.PathLike)) else f"image {index}", aligned, bgr)
             faces.append(face)
             status.append(state)
@@ -168,11 +260,74 @@ class FaceRecognizer:
             spec = self.info.spec
             batch = torch.stack([spec.normalize(torch.from_numpy(cv2.cvtColor(faces[i], cv2.COLOR_BGR2RGB)).permute(2, 0, 1))
                                  for i in usable])
-            result[usable] = embed_images(self.model, batch, batch_size=self.batch_size, flip_test=self.flip_test, device=self.device)
+            result[usable] = embed_images(self.model, batch, batch_size=self.batch_size, flip_test=self.flip_test, device=self.device,
+                                          progress=_progress_shown(progress, len(usable)))
         for name, state in zip(images, status):
             if not state.startswith("ok") or state == "ok_several_faces":
                 logger.info("%s: %s", name if isinstance(name, (str, os.PathLike)) else "image", state)
         return EmbedResult(result, status)
+
+    def _embed_every_face(self, images: list, aligned: bool | None, bgr_arrays: bool, progress: bool | None) -> EmbedResult:
+        """``embed(..., all_faces=True)``: detect every face, align each, embed them all in one batch."""
+        status: list[str] = []
+        found: list[list[tuple[np.ndarray, np.ndarray, float, np.ndarray]]] = []  # per photo: (box, landmarks, score, BGR crop)
+        chosen: list[int | None] = []
+        for index, image in enumerate(tqdm(images, desc="detect + align", unit="photo", disable=not _progress_shown(progress, len(images)))):
+            name = str(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
+            try:
+                bgr = _to_bgr(image, name, bgr_arrays)
+            except DataError as error:
+                status.append(f"unreadable: {error}")
+                found.append([])
+                chosen.append(None)
+                continue
+            if aligned or (aligned is None and bgr.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE)):
+                # The photo is the face: its box is the whole image, its landmarks the template's.
+                height, width = bgr.shape[:2]
+                crop = bgr if (height, width) == (ALIGNED_SIZE, ALIGNED_SIZE) else cv2.resize(bgr, (ALIGNED_SIZE, ALIGNED_SIZE), interpolation=cv2.INTER_AREA)
+                landmarks = ARCFACE_TEMPLATE * np.array([width / ALIGNED_SIZE, height / ALIGNED_SIZE])
+                found.append([(np.array([0.0, 0.0, width, height]), landmarks, float("nan"), crop)])
+                chosen.append(0)
+                status.append("ok")
+                continue
+            detections = self._face_detector(name, bgr).detect(bgr)
+            found.append([(d.box, d.landmarks, d.score, warp_face(bgr, d.landmarks)) for d in detections])
+            best = choose_face(detections, bgr.shape) if detections else None  # the rule embed uses for one face a photo
+            chosen.append(next(i for i, d in enumerate(detections) if d is best) if detections else None)
+            status.append("no_face" if not detections else ("ok" if len(detections) == 1 else "ok_several_faces"))
+        crops = [Image.fromarray(crop[..., ::-1].copy()) for faces in found for *_, crop in faces]  # RGB PIL: unambiguous input
+        vectors = self.embed(crops, aligned=True, progress=progress).embeddings if crops else np.zeros((0, self.info.embedding_size), np.float32)
+        result = np.full((len(images), self.info.embedding_size), np.nan, dtype=np.float32)
+        per_photo, start = [], 0
+        for index, faces in enumerate(found):
+            per_photo.append([Face(np.asarray(box, np.float64), np.asarray(points, np.float64), float(score), crop[..., ::-1].copy(),
+                                   vectors[start + k]) for k, (box, points, score, crop) in enumerate(faces)])
+            if chosen[index] is not None:
+                result[index] = vectors[start + chosen[index]]
+            start += len(faces)
+        return EmbedResult(result, status, per_photo)
+
+    def detect(self, photo, aligned: bool | None = None, bgr: bool = False) -> list[Face]:
+        """Every face in one photo (best detector score first), each aligned and embedded; [] when none.
+
+        Args:
+            photo: a path, PIL image or (H, W, 3) uint8 array (RGB, or BGR with ``bgr=True``).
+        """
+        result = self.embed([photo], aligned, bgr, all_faces=True, progress=False)
+        if result.status[0].startswith("unreadable"):
+            raise DataError(result.status[0].split(": ", 1)[1])
+        return result.faces[0]
+
+    def identify(self, query, gallery: "Gallery", k: int = 5, aligned: bool | None = None,
+                 threshold: float | None = None, bgr: bool = False) -> tuple[str | None, list[tuple[str, float]]]:
+        """(the identity, or None for unknown, and the ``k`` best matches) for one photo.
+
+        Args:
+            threshold: cosine the best match must exceed to be named (default: ``self.threshold``).
+            bgr: as in :meth:`embed`.
+        """
+        matches = self.search(query, gallery, k, aligned, bgr)
+        return answer_of(matches, self.threshold if threshold is None else threshold), matches
 
     def verify(self, a, b, aligned: bool | None = None, bgr: bool = False) -> tuple[float, bool]:
         """(cosine, same) of two photos; DataError when either has no usable face. ``bgr``: as in :meth:`embed`."""
@@ -205,8 +360,13 @@ class Gallery:
         self.paths = list(paths) if paths is not None else [""] * len(names)
 
     @classmethod
-    def build(cls, recognizer: FaceRecognizer, folder: str | os.PathLike, aligned: bool | None = None) -> "Gallery":
-        """Every photo of ``folder/<identity>/`` (photos without a usable face are skipped and logged)."""
+    def build(cls, recognizer: FaceRecognizer, folder: str | os.PathLike, aligned: bool | None = None,
+              progress: bool | None = None) -> "Gallery":
+        """Every photo of ``folder/<identity>/`` (photos without a usable face are skipped and logged).
+
+        Args:
+            progress: a progress bar on a terminal (None: for 16 photos or more).
+        """
         from .data.align_job import list_images
 
         root = Path(folder)
@@ -215,7 +375,7 @@ class Gallery:
         photos = [p for p in list_images(root) if len(Path(p).parts) >= 2]
         if not photos:
             raise DataError(f"{root}: no photos in identity sub-folders (expected {root}/<identity>/<photo>)")
-        result = recognizer.embed([str(root / p) for p in photos], aligned)
+        result = recognizer.embed([str(root / p) for p in photos], aligned, progress=progress)
         keep = result.ok
         skipped = [f"{p} ({s})" for p, s, k in zip(photos, result.status, keep) if not k]
         if skipped:
@@ -265,6 +425,10 @@ class Gallery:
                         break
             results.append(list(best.items()))
         return results
+
+    def identify(self, queries: np.ndarray, threshold: float, k: int = 5) -> list[tuple[str | None, list[tuple[str, float]]]]:
+        """Per query row: (the identity, or None when the best cosine is not above ``threshold``, the k best matches)."""
+        return [(answer_of(matches, threshold), matches) for matches in self.search(queries, k)]
 
     def _ranked_numpy(self, queries: np.ndarray):
         for row in queries @ self.embeddings.T:

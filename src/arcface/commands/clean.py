@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from .common import add_device_argument, device, progress
+
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
@@ -14,11 +16,10 @@ log = logging.getLogger(__name__)
 
 def _run(args: argparse.Namespace) -> int:
     from ..clean.job import clean_dataset
-    from .eval import _device
 
     report = clean_dataset(args.checkpoint, args.data, args.out, threshold_deg=args.threshold_deg, truth=args.truth,
-                           batch_size=args.batch_size, device=_device(args.device), workers=args.workers,
-                           flip_test=not args.no_flip, progress=not args.quiet, rec=args.rec)
+                           batch_size=args.batch_size, device=device(args.device), workers=args.workers,
+                           flip_test=not args.no_flip, progress=progress(args) is not False and sys.stderr.isatty(), rec=args.rec)
     sys.stdout.write(json.dumps(report) + "\n")
     truth = report.get("ground_truth")
     if truth:
@@ -36,14 +37,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", help="checkpoint .pt (or run folder) trained with sub-centers (K > 1) on DATA")
     parser.add_argument("data", help="the training set: image folder, 'path label' list file or insightface .rec")
-    parser.add_argument("--threshold-deg", type=float, default=75.0, help="drop samples farther than this from the dominant sub-center (default 75)")
+    parser.add_argument("--threshold-deg", type=float, default=75.0, help="drop samples farther than this (degrees) from the dominant sub-center")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--truth", help="truth.tsv from `arcface data corrupt` (default: beside DATA when it is a list file)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="image reading processes")
+    add_device_argument(parser)
     parser.add_argument("--rec", action="store_true",
                         help="also write the cleaned set as OUT/train.rec/.idx/property (insightface layout; always for a .rec DATA)")
     parser.add_argument("--no-flip", action="store_true", help="embed without flip-test")
-    parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=_run)

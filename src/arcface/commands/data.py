@@ -9,15 +9,11 @@ import sys
 from pathlib import Path
 
 from . import CommandError
+from .common import add_detector_argument, detector_for, progress
 
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
-
-DETECTOR_HELP = (
-    "YuNet face detector ONNX file (OpenCV model zoo, models/face_detection_yunet; "
-    "e.g. face_detection_yunet_2023mar.onnx); default: $ARCFACE_DETECTOR"
-)
 
 
 def _pack(args: argparse.Namespace) -> int:
@@ -50,13 +46,9 @@ def _unpack(args: argparse.Namespace) -> int:
 
 
 def _align(args: argparse.Namespace) -> int:
-    import os
-
     from ..data.align_job import AlignOptions, align_folder
 
-    detector = args.detector or os.environ.get("ARCFACE_DETECTOR")
-    if not detector:
-        raise CommandError(f"no face detector given: pass --detector PATH ({DETECTOR_HELP})")
+    detector = detector_for(args, args.source, required=True)
     options = AlignOptions(
         detector=detector,
         score_threshold=args.score_threshold,
@@ -82,8 +74,15 @@ def _align(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from ..data.download import fetch_lfw, fetch_yunet
+    from ..home import lfw_home
+    from ..pretrained import pull
 
-    path = fetch_lfw(args.out) if args.what == "lfw" else fetch_yunet(args.out)
+    if args.what == "lfw":
+        path = fetch_lfw(args.out or lfw_home(), progress=progress(args))
+    elif args.out:
+        path = fetch_yunet(args.out, progress=progress(args))
+    else:  # the same place and checks as `arcface models pull yunet`
+        path = pull("yunet", progress=progress(args))
     log.info("%s is in %s", args.what, path)
     return 0
 
@@ -94,29 +93,34 @@ def register(verbs: argparse._SubParsersAction) -> None:
     actions = data.add_subparsers(dest="action", metavar="ACTION")
 
     pack = actions.add_parser("pack", help="image folder (root/<identity>/<image>) -> insightface .rec/.idx/property")
-    pack.add_argument("folder")
-    pack.add_argument("out", metavar="OUT.rec")
+    pack.add_argument("folder", help="image folder: one sub-folder per identity")
+    pack.add_argument("out", metavar="OUT.rec", help="output .rec (the .idx and property are written beside it)")
     pack.set_defaults(handler=_pack)
 
     unpack = actions.add_parser("unpack", help=".rec -> OUT_DIR/<label>/<key>.jpg (bytes unchanged); .bin -> images + pairs")
-    unpack.add_argument("source", metavar="SRC")
-    unpack.add_argument("out_dir", metavar="OUT_DIR")
+    unpack.add_argument("source", metavar="SRC", help="an insightface .rec (with its .idx) or a verification .bin")
+    unpack.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     unpack.set_defaults(handler=_unpack)
 
     align = actions.add_parser("align", help="detect faces (YuNet) and align them to the 112x112 ArcFace template")
     align.add_argument("source", metavar="SRC", help="folder of photos (any tree; relative paths are kept)")
     align.add_argument("destination", metavar="DST", help="output folder, or a .rec path (aligned folder + pack)")
-    align.add_argument("--detector", help=DETECTOR_HELP)
-    align.add_argument("--score-threshold", type=float, default=0.6, help="minimum detection confidence (default 0.6)")
+    add_detector_argument(align)
+    align.add_argument("--score-threshold", type=float, default=0.6, help="minimum detection confidence")
     align.add_argument("--all-faces", action="store_true", help="write every face, not only the most central one")
     align.add_argument("--no-face", choices=["skip", "center-crop"], default="skip", help="what to do without a face")
     align.add_argument("--fallback-fraction", type=float, default=0.5, help="center-crop side / shorter image side")
-    align.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    align.add_argument("--workers", type=int, default=2, help="processes")
     align.set_defaults(handler=_align)
 
-    download = actions.add_parser("download", help="fetch LFW (images + protocol files) or the YuNet detector (internet)")
-    download.add_argument("what", choices=["lfw", "yunet"])
-    download.add_argument("--out", required=True, help="destination folder")
+    download = actions.add_parser(
+        "download", help="fetch LFW (images + protocol files) or the YuNet detector (internet) into the model home",
+        description="Downloads are checked against the published checksums (LFW: MD5; YuNet: sha256) and written "
+        "atomically. Without --out they go where every command looks next: $ARCFACE_HOME/lfw and "
+        "$ARCFACE_HOME/models/yunet ($ARCFACE_HOME defaults to ~/.cache/arcface).",
+    )
+    download.add_argument("what", choices=["lfw", "yunet"], help="what to fetch")
+    download.add_argument("--out", help="destination folder (default: $ARCFACE_HOME/lfw or $ARCFACE_HOME/models/yunet)")
     download.set_defaults(handler=_download)
 
     corrupt = actions.add_parser(
@@ -127,7 +131,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     corrupt.add_argument("data", help="image folder (identity/image) or 'path label' list file")
     corrupt.add_argument("--rate", type=float, required=True, help="fraction of noisy samples, e.g. 0.3")
     corrupt.add_argument("--kind", choices=["closed", "open"], required=True)
-    corrupt.add_argument("--seed", type=int, default=0)
+    corrupt.add_argument("--seed", type=int, default=0, help="which samples are corrupted")
     corrupt.add_argument("--outside", help="open-set: folder or list of images of identities not in the data")
     corrupt.add_argument("--out", required=True, help="output folder")
     corrupt.set_defaults(handler=_corrupt)

@@ -11,30 +11,20 @@ import sys
 from pathlib import Path
 
 from . import CommandError
+from .common import (
+    add_detector_argument,
+    add_device_argument,
+    add_model_argument,
+    add_model_input_arguments,
+    detector_for,
+    device,
+    load_model,
+    progress,
+)
 
-__all__ = ["register", "find_detector"]
+__all__ = ["register"]
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcface" / "embeddings"
-
-
-def find_detector(given: str | None, images: Path | None) -> str | None:
-    """--detector, else $ARCFACE_DETECTOR, else ``models/yunet/*.onnx`` in a folder above the images."""
-    if given:
-        if not Path(given).is_file():
-            raise CommandError(f"{given}: face detector model not found")
-        return given
-    if os.environ.get("ARCFACE_DETECTOR"):
-        return os.environ["ARCFACE_DETECTOR"]
-    if images is not None:
-        for folder in list(images.resolve().parents)[:4]:
-            found = sorted((folder / "models" / "yunet").glob("*.onnx"))
-            if found:
-                return str(found[-1])
-    return None  # fine for aligned images; FaceImages says what to do when one needs alignment
 
 
 def _format_summary(report: dict) -> str:
@@ -57,7 +47,7 @@ def _format_summary(report: dict) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from ..eval.evaluate import EvalOptions, evaluate_bin, evaluate_identification, evaluate_ijb, evaluate_pairs, plot_roc
-    from ..model import load_face_model
+    from ..home import embedding_cache_dir
 
     chosen = [name for name, value in (("--pairs", args.pairs), ("--bin", args.bin), ("--ijb", args.ijb), ("--gallery", args.gallery)) if value]
     if len(chosen) != 1:
@@ -76,14 +66,13 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"--out {out}: is a folder; give the report's file name (e.g. report.json)")
     images_root = Path(args.images) if args.images else (Path(args.ijb) if args.ijb else (Path(args.gallery) if args.gallery else None))
     options = EvalOptions(
-        align=args.align, detector=find_detector(args.detector, images_root), crop_size=args.crop_size, face_choice=args.face_choice,
+        align=args.align, detector=detector_for(args, images_root), crop_size=args.crop_size, face_choice=args.face_choice,
         flip_test=not args.no_flip, metric=args.metric, batch_size=args.batch_size, workers=args.workers,
-        device=_device(args.device), precision=args.precision,
-        cache_dir=None if args.no_cache else str(args.cache or default_cache_dir()), progress=not args.quiet,
+        device=device(args.device), precision=args.precision,
+        cache_dir=None if args.no_cache else str(args.cache or embedding_cache_dir()), progress=progress(args) is not False and sys.stderr.isatty(),
     )
     options.validate()
-    model, info = load_face_model(args.model, architecture=args.arch, input_mean=args.input_mean, input_std=args.input_std,
-                                  input_layout=args.input_layout, bgr=args.bgr)
+    model, info, _ = load_model(args)
     if info.kind == "onnx":
         options.device = "cpu"  # batches stay on the host; onnxruntime picks its own provider (CUDA when installed)
     else:
@@ -116,24 +105,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise CommandError("--device cuda but no CUDA device is available; use --device cpu")
-    return requested
-
-
 def register(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
         "eval", help="verification / identification accuracy of a model (ours, insightface .pth, or ONNX)",
         description="Evaluate a face model. MODEL: an arcface checkpoint (.pt) or run folder, an insightface "
-        "backbone .pth (with --arch), or an .onnx face model (describe its input with --input-mean/--input-std/"
-        "--input-layout/--bgr). Prints the JSON report (or writes it with --out) and a one-line summary.",
+        "backbone .pth (with --arch), an .onnx face model (describe its input with --input-mean/--input-std/"
+        "--input-layout/--bgr), or a registry name (`arcface models list`: its input convention comes with it). "
+        "Prints the JSON report (or writes it with --out) and a one-line summary.",
     )
-    parser.add_argument("model", help="checkpoint .pt, run folder, insightface .pth (with --arch) or .onnx")
+    add_model_argument(parser, positional=True)
     protocol = parser.add_argument_group("protocol (exactly one)")
     protocol.add_argument("--pairs", help="LFW-format pairs file (pairs.txt, pairsDevTest.txt) or arcface pairs TSV")
     protocol.add_argument("--images", help="image root the pairs' names are relative to (for --pairs)")
@@ -144,18 +124,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     protocol.add_argument("--gallery", help="1:N: gallery folder, one subfolder per identity")
     protocol.add_argument("--probes", help="1:N: probe folder, one subfolder per identity (unknown identities are non-mated)")
     protocol.add_argument("--distractors", help="1:N: folder of distractor images added to the gallery (MegaFace style)")
-    model_input = parser.add_argument_group("model input")
-    model_input.add_argument("--arch", help="backbone of an insightface .pth (r50, r100, mbf, iresnet50, ...)")
-    model_input.add_argument("--input-mean", type=float, help="ONNX: pixel mean subtracted (default 127.5)")
-    model_input.add_argument("--input-std", type=float, help="ONNX: divisor after the mean (default 127.5; many models use 128)")
-    model_input.add_argument("--input-layout", default="auto", choices=["auto", "nchw", "nhwc"], help="ONNX: input layout (default: from its shape)")
-    model_input.add_argument("--bgr", action="store_const", const=True, default=None,
-                             help="ONNX: the model expects BGR channel order (default: what the file says, else RGB)")
+    add_model_input_arguments(parser)
     images = parser.add_argument_group("images")
     images.add_argument("--align", default="auto", choices=["auto", "yunet", "none", "center"],
                         help="auto: 112x112 images as they are, others aligned with YuNet (default); yunet: always detect; "
                         "none: as they are (resized if needed); center: center crop, no detector")
-    images.add_argument("--detector", help="YuNet .onnx (default $ARCFACE_DETECTOR or models/yunet/*.onnx above the images)")
+    add_detector_argument(images)
     images.add_argument("--face-choice", default="largest", choices=["largest", "center", "score"],
                         help="which face of a several-face image to align: the largest (default, as the common evaluation "
                         "scripts, so numbers compare), the one nearest the image center, or the most confident")
@@ -163,14 +137,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run = parser.add_argument_group("scoring and running")
     run.add_argument("--metric", default="cosine", choices=["cosine", "l2"], help="pair score (same accuracy; threshold units differ)")
     run.add_argument("--no-flip", action="store_true", help="no flip-test (default: embedding of image + mirror)")
-    run.add_argument("--folds", type=int, default=10, help="folds for files without their own (View 1, TSV, .bin); default 10")
-    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--folds", type=int, default=10, help="folds for files without their own (View 1, TSV, .bin)")
+    run.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     run.add_argument("--workers", type=int, default=2, help="image reading/alignment processes (default 2)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_argument(run)
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast of a PyTorch model")
-    run.add_argument("--cache", help=f"embedding cache folder (default {default_cache_dir()})")
+    run.add_argument("--cache", help="embedding cache folder (default: $ARCFACE_HOME/embeddings)")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     run.add_argument("--out", help="write the JSON report here (default: print it)")
     run.add_argument("--roc", help="write the ROC curve to this PNG (needs matplotlib)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run)

@@ -44,8 +44,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", help="arcface checkpoint .pt / run folder, or insightface .pth with --arch")
     parser.add_argument("--onnx", required=True, help="output .onnx path")
     parser.add_argument("--arch", help="backbone of an insightface .pth (r50, r100, mbf, ...)")
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--check-batches", default="1,7,64", help="batch sizes of the parity check (default 1,7,64)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--check-batches", default="1,7,64", help="batch sizes of the parity check")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed abs difference (fp32)")
     parser.add_argument("--simplify", action="store_true",
                         help="rewrite the graph with onnxruntime's basic optimizations (constant folding, fusions) before the check")

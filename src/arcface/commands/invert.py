@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import CommandError
+from .common import add_detector_argument, add_device_argument, detector_for, device, progress
 
 __all__ = ["register"]
 
@@ -30,7 +31,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..invert.config import InversionConfig
     from ..invert.job import run_inversion
-    from .eval import _device, find_detector
 
     embeddings = None
     if args.embeddings:
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         reverse_attack=args.reverse_attack, parameterization=args.parameterization,
         fourier_decay=args.fourier_decay, coarse_to_fine=args.coarse_to_fine,
         layer_erosion=args.layer_erosion, embedding_weight=args.embedding_weight, seed=args.seed, precision=args.precision,
-        device=_device(args.device),
+        device=device(args.device),
     )
     try:
         config.validate()
@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     report = run_inversion(
         args.checkpoint, args.out, config, classes=_classes(args.classes) if args.classes else None, photos=photos,
         embeddings=embeddings, starts=args.starts, batch=args.batch, align=args.align,
-        detector=find_detector(args.detector, Path(photos[0]).parent if photos else None), progress=not args.quiet,
+        detector=detector_for(args, Path(photos[0]) if photos else None), progress=progress(args) is not False and sys.stderr.isatty(),
     )
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
@@ -78,7 +78,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     targets.add_argument("--embeddings", help="open-set: a .npy file of (T, D) embeddings")
     # The defaults are InversionConfig's (tests/test_invert.py checks they agree); importing it here
     # would import torch for every command's --help.
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2000, help="optimization steps per batch of images")
     parser.add_argument("--lambda-bn", type=float, default=0.05, help="weight of the BatchNorm-statistics prior (paper: 0.05)")
     parser.add_argument("--batch", type=int, default=16, help="images optimized together (BN statistics are over the batch)")
     parser.add_argument("--starts", type=int, default=4, help="random starts per target (columns of each grid)")
@@ -104,11 +104,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-flip", action="store_true", help="no random mirroring per step")
     parser.add_argument("--embedding-weight", type=float, default=8.0,
                         help="open-set: weight of the L2 loss between the normalized embeddings")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="random starts and per-step views")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast of the forward pass")
+    add_device_argument(parser)
     parser.add_argument("--align", default="auto", choices=["auto", "yunet", "none", "center"], help="how --embedding-of photos are prepared")
-    parser.add_argument("--detector", help="YuNet .onnx for photos that need alignment")
+    add_detector_argument(parser)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=_run)

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .common import add_detector_argument
+
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser("lfw", help="CPU reference recipe: train on LFW View 1 people, verify on pairsDevTest")
-    parser.add_argument("--out", default="runs/lfw", help="run folder (default runs/lfw)")
-    parser.add_argument("--lfw", help="LFW folder (images/, pairsDevTest.txt, peopleDevTrain.txt); default $ARCFACE_LFW or ../shared/data/lfw_deepfunneled")
-    parser.add_argument("--detector", help="YuNet ONNX file; default $ARCFACE_DETECTOR or <lfw>/../models/yunet/*.onnx")
+    from ..home import LFW_LOOKUP
+
+    parser.add_argument("--out", default="runs/lfw", help="run folder")
+    parser.add_argument("--lfw", metavar="DIR", help=f"LFW folder (images/, pairsDevTest.txt, peopleDevTrain.txt) (default: {LFW_LOOKUP})")
+    add_detector_argument(parser)
     parser.add_argument("--cache", help="where the aligned images go (default: <out>/../cache)")
     parser.add_argument("--full", action="store_true", help="the full recipe (60 min of training) instead of the 12-minute one")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")

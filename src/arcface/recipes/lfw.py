@@ -9,45 +9,16 @@ with 10 stratified folds (the file lists its 500 same pairs first).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from ..configs import recipe_path
 from ..data.align_job import AlignOptions, align_folder
-from ..data.errors import DataError
 from ..data.protocols import read_people
+from ..home import find_detector, find_lfw
 
 __all__ = ["find_lfw", "find_detector", "prepare_lfw", "run_lfw_recipe"]
 
 log = logging.getLogger(__name__)
-
-REQUIRED = ("images", "pairsDevTest.txt", "peopleDevTrain.txt")
-DOWNLOAD_HINT = "download it with `arcface data download lfw --out DIR` (needs internet) and pass --lfw DIR"
-
-
-def find_lfw(given: str | None) -> Path:
-    """--lfw, else $ARCFACE_LFW, else ../shared/data/lfw_deepfunneled from the current folder."""
-    candidates = [given] if given else [os.environ.get("ARCFACE_LFW"), "../shared/data/lfw_deepfunneled"]
-    for candidate in filter(None, candidates):
-        path = Path(candidate)
-        if all((path / name).exists() for name in REQUIRED):
-            return path
-        if given:
-            missing = [name for name in REQUIRED if not (path / name).exists()]
-            raise DataError(f"{path}: not an LFW folder (missing {', '.join(missing)}); {DOWNLOAD_HINT}")
-    raise DataError(f"LFW not found (no --lfw, no $ARCFACE_LFW, no ../shared/data/lfw_deepfunneled); {DOWNLOAD_HINT}")
-
-
-def find_detector(given: str | None, lfw: Path) -> Path:
-    """--detector, else $ARCFACE_DETECTOR, else a YuNet .onnx under <lfw>/../models/yunet/."""
-    if given:
-        return Path(given)
-    if os.environ.get("ARCFACE_DETECTOR"):
-        return Path(os.environ["ARCFACE_DETECTOR"])
-    found = sorted((lfw.parent / "models" / "yunet").glob("*.onnx"))
-    if found:
-        return found[-1]
-    raise DataError("no face detector: pass --detector PATH to a YuNet .onnx (`arcface data download yunet --out DIR`)")
 
 
 def prepare_lfw(lfw: Path, detector: Path, cache: Path, workers: int = 2) -> tuple[Path, Path]:
@@ -81,7 +52,7 @@ def run_lfw_recipe(
     from ..train.loop import train
 
     lfw_dir = find_lfw(lfw)
-    detector_path = find_detector(detector, lfw_dir)
+    detector_path = Path(find_detector(detector, lfw_dir, required=True))
     cache_dir = Path(cache) if cache else out.parent / "cache"
     listing, aligned = prepare_lfw(lfw_dir, detector_path, cache_dir)
     recipe = recipe_path("lfw_cpu" if full else "lfw_cpu_short")
