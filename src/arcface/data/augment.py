@@ -31,8 +31,8 @@ class AugmentConfig:
     grayscale: float = 0.0  # probability of turning the image gray
     erase: float = 0.0  # probability of erasing a random rectangle (2-20% of the area) to gray
     # Gaussian noise added last, its std drawn per image in [0, noise] (images span [-1, 1]), not
-    # clipped. Off in the recipes; docs/inversion.md "Models fine-tuned on noisy and on adversarial
-    # faces" measures what it does for inversion.
+    # clipped. Off in the recipes; docs/inversion.md (the noisy fine-tune) measures what it does for
+    # inversion.
     noise: float = 0.0
 
     @property
