@@ -165,8 +165,8 @@ def test_arcface_commands_parse(page):
 def test_quickstart_verbs_answer_help(capsys):
     commands = arcface_commands(quickstart_block((REPO_ROOT / "README.md").read_text(encoding="utf-8")))
     verbs = [verb_words(argv) for _, argv in commands]
-    # the quickstart walks through these four, in this order
-    assert [words[0] for words in verbs] == ["verify", "embed", "train", "lfw"]
+    # the quickstart registers a model, then walks through these four, in this order
+    assert [words[0] for words in verbs] == ["models", "verify", "embed", "train", "lfw"]
     for words in verbs:
         with pytest.raises(SystemExit) as stop:
             main([*words, "--help"])
