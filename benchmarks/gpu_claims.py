@@ -402,8 +402,8 @@ def wilson(hits: int, total: int) -> tuple[float, float]:
 def summarize_inversion(folder: Path, models: list[str], draws: list[int]) -> tuple[list[str], str]:
     """Pooled rank-1 over the draws per (model, set), 95% interval, and paired gains/losses against the
     first model on the draws both have (the same targets and starting noise)."""
-    lines = ["| Model | Set | Draws | Rank-1 (%) pooled [95% interval] | Per draw (%) | Gained / lost vs the first model |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| Model | Set | Draws | Rank-1 (%) pooled [95% interval] | Per draw (%) | Gained / lost vs the first model | Trainings |",
+             "|---|---|---|---|---|---|---|"]
     figures = []
     for set_name in SETS:
         reference: dict[int, list[int]] = {}
@@ -428,7 +428,9 @@ def summarize_inversion(folder: Path, models: list[str], draws: list[int]) -> tu
                     figures += [f"{key}_vs_{models[0]}_gained={gained}", f"{key}_vs_{models[0]}_lost={lost}"]
                     paired = f"{gained} / {lost} ({len(common)} draws)"
             per_draw = ", ".join(f"{found[d]['figures']['rank1_pct']:.0f}" for d in sorted(found))
-            lines.append(f"| {model} | {set_name} | {len(found)} | {rank1:.1f} [{100 * low:.1f}, {100 * high:.1f}] | {per_draw} | {paired} |")
+            # draws inverted on different machines used different trainings of the same recipe
+            trainings = len({entry.get("model_fingerprint") for entry in found.values()})
+            lines.append(f"| {model} | {set_name} | {len(found)} | {rank1:.1f} [{100 * low:.1f}, {100 * high:.1f}] | {per_draw} | {paired} | {trainings} |")
     return figures, "\n".join(lines) + "\n"
 
 

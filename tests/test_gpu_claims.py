@@ -253,7 +253,8 @@ def test_inversion_summary_pools_draws_and_counts_paired_gains_and_losses(claims
     folder = tmp_path / "inversion"
     hits = {("a", 0): [1, 0, 1, 0], ("a", 1): [0, 0, 1, 1], ("b", 0): [1, 1, 0, 0]}  # b misses draw 1
     for (model, draw), row in hits.items():
-        claims.write_json(folder / model / f"closeset_seed{draw}.json", {"hits": row, "figures": {"rank1_pct": 100 * sum(row) / len(row)}})
+        claims.write_json(folder / model / f"closeset_seed{draw}.json", {"hits": row, "figures": {"rank1_pct": 100 * sum(row) / len(row)},
+                                                                          "model_fingerprint": f"{model}{draw}"})
     figures, table = claims.summarize_inversion(folder, ["a", "b"], [0, 1])
     values = dict(line.split("=") for line in figures)
     assert float(values["inversion_a_closeset_rank1_pct"]) == pytest.approx(50.0) and values["inversion_a_closeset_images"] == "8"
@@ -262,7 +263,7 @@ def test_inversion_summary_pools_draws_and_counts_paired_gains_and_losses(claims
     assert float(values["inversion_a_closeset_rank1_ci95_high_pct"]) == pytest.approx(100 * high, abs=0.01)
     # draw 0 only: a = 1010, b = 1100 -> b gains image 1, loses image 2
     assert values["inversion_b_closeset_vs_a_gained"] == "1" and values["inversion_b_closeset_vs_a_lost"] == "1"
-    assert "1 / 1 (1 draws)" in table
+    assert "| 1 / 1 (1 draws) | 1 |" in table and "| 50, 50 |  | 2 |" in table  # a: two trainings (fingerprints)
 
 
 def test_export_puts_the_results_back_where_they_were(claims, tmp_path, monkeypatch):
