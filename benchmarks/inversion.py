@@ -75,6 +75,15 @@ def unseen_people(pairs_file: Path, aligned: Path) -> list[tuple[str, str]]:
     return people
 
 
+def draw_targets(seed: int, eligible: list[int], people_count: int, identities: int) -> tuple[list[int], list[int]]:
+    """The draw of ``--seed``: ``identities`` classes among ``eligible`` (close-set) and as many indices
+    into the unseen people (open-set), both sorted; the same seed gives the same targets to every model."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(rng.choice(eligible, size=identities, replace=False).tolist())
+    people = sorted(rng.choice(people_count, size=identities, replace=False).tolist())
+    return classes, people
+
+
 def templates(judge, groups: list[list[str]]) -> torch.Tensor:
     paths = [p for group in groups for p in group]
     embeddings = torch.from_numpy(embed_images(judge, FaceImages(paths, "/", align="none"), batch_size=64))
@@ -187,14 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     backbone = backbone.to(args.device)
     judge, judge_info = load_face_model(args.judge, input_mean=127.5, input_std=128.0)
     judge = SpecAdapter(judge, judge_info.spec)  # it judges faces made in our models' convention
-    rng = np.random.default_rng(args.seed)
     photos = class_photos(args.train_list, args.aligned)
     eligible = sorted(c for c, paths in photos.items() if len(paths) >= args.min_photos)
     if len(eligible) < args.identities:
         raise SystemExit(f"only {len(eligible)} classes have at least {args.min_photos} training photos; --identities is {args.identities}")
-    classes = sorted(rng.choice(eligible, size=args.identities, replace=False).tolist())
     people = unseen_people(args.lfw / "pairsDevTest.txt", args.aligned)
-    people = [people[i] for i in sorted(rng.choice(len(people), size=args.identities, replace=False))]
+    classes, chosen = draw_targets(args.seed, eligible, len(people), args.identities)
+    people = [people[i] for i in chosen]
     closed_gallery = templates(judge, [photos[c] for c in classes])
     open_gallery = templates(judge, [[judge_photo] for _, judge_photo in people])
     targets = torch.from_numpy(embed_images(backbone, FaceImages([p for p, _ in people], "/", align="none"), device=args.device))

@@ -30,6 +30,7 @@ the statistics of training. Prints the training loop's pairsDevTest accuracy at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def perturbation(kind: str, strength: float, generator: torch.Generator, attack_
     return noisy if kind == "noise" else adversarial
 
 
-def recalibrate_batchnorm(backbone: torch.nn.Module, dataset, batches: int, batch_size: int, autocast) -> None:
+def recalibrate_batchnorm(backbone: torch.nn.Module, dataset, batches: int, batch_size: int, autocast, device: str = "cpu") -> None:
     """Running statistics of every BatchNorm layer from ``batches`` clean batches (cumulative average)."""
     for module in backbone.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -100,7 +101,36 @@ def recalibrate_batchnorm(backbone: torch.nn.Module, dataset, batches: int, batc
         for index, (images, _) in enumerate(loader):
             if index == batches:
                 break
-            backbone(images.contiguous(memory_format=torch.channels_last))
+            backbone(images.to(device).contiguous(memory_format=torch.channels_last))
+
+
+@contextlib.contextmanager
+def perturbed_steps(change):
+    """Inside the block, every training step of ``loop.train`` trains on ``change(run, images, labels)``."""
+    plain_step = loop._Run._micro_step
+
+    def perturbed_step(self, images, labels, last_in_window):
+        return plain_step(self, change(self, images, labels), labels, last_in_window)
+
+    loop._Run._micro_step = perturbed_step
+    try:
+        yield
+    finally:
+        loop._Run._micro_step = plain_step
+
+
+def recalibrate_newest_checkpoint(run_dir, config, batches: int, device: str = "cpu") -> Path:
+    """Re-estimate the BatchNorm statistics of the run's newest checkpoint on clean images; rewrites it."""
+    path, state = load_checkpoint_or_run(run_dir)
+    model = config.model
+    backbone = create_backbone(model.backbone, embedding_size=model.embedding_size, dropout=model.dropout)
+    backbone.load_state_dict(state["backbone"])
+    backbone.to(device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=config.precision.autocast == "bf16")
+    recalibrate_batchnorm(backbone, loop._build_dataset(config), batches, config.data.batch_size, autocast, device)
+    state["backbone"] = {name: tensor.cpu() for name, tensor in backbone.state_dict().items()}
+    atomic_torch_save(state, path)
+    return path
 
 
 def main() -> None:
@@ -134,27 +164,12 @@ def main() -> None:
     ])
     change = perturbation("noise" if args.noise is not None else "adversarial", strength, torch.Generator().manual_seed(args.seed),
                           args.attack_steps)
-    plain_step = loop._Run._micro_step
-
-    def perturbed_step(self, images, labels, last_in_window):
-        return plain_step(self, change(self, images, labels), labels, last_in_window)
-
-    loop._Run._micro_step = perturbed_step
-    try:
+    with perturbed_steps(change):
         summary = loop.train(config, args.out)
-    finally:
-        loop._Run._micro_step = plain_step
-
-    path, state = load_checkpoint_or_run(args.out)
-    model = config.model
-    backbone = create_backbone(model.backbone, embedding_size=model.embedding_size, dropout=model.dropout)
-    backbone.load_state_dict(state["backbone"])
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision.autocast == "bf16")
-    recalibrate_batchnorm(backbone, loop._build_dataset(config), args.calibration_batches, config.data.batch_size, autocast)
-    state["backbone"] = backbone.state_dict()
-    atomic_torch_save(state, path)
+    path = recalibrate_newest_checkpoint(args.out, config, args.calibration_batches)
     log.info("BatchNorm statistics re-estimated on %d clean batches, written to %s", args.calibration_batches, path)
-    print(f"pairsDevTest_accuracy_pct={100 * summary['best_accuracy']:.2f}")
+    if summary["best_accuracy"] is not None:  # a run trained without evaluation (eval.pairs null) has none
+        print(f"pairsDevTest_accuracy_pct={100 * summary['best_accuracy']:.2f}")
 
 
 if __name__ == "__main__":
