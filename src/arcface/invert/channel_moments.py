@@ -6,14 +6,18 @@ passes. Here the sums are matrix products with a vector of ones (per image, so e
 covers one image and the float32 total over the batch averages their rounding), and the backward is
 one fused pass: d/dx of (mean_c, var_c) is ``g_mean / M + 2 g_var (x - mean_c) / M`` with M the
 values per channel. ``benchmarks/inversion_speed.py`` measures the step; other devices keep
-``torch.var_mean``.
+``torch.var_mean``. Either formula runs on any device when asked for by name (tests compare both with
+a float64 reference on the CPU).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["channel_moments"]
+__all__ = ["channel_moments", "MOMENT_METHODS"]
+
+# "auto": matrix products on the CPU, torch.var_mean elsewhere.
+MOMENT_METHODS = ("auto", "matmul", "var_mean")
 
 
 def channel_sums(features: torch.Tensor) -> torch.Tensor:
@@ -50,16 +54,22 @@ class _MatmulMoments(torch.autograd.Function):
         return torch.addcmul(offset.to(features.dtype).view(shape), slope.to(features.dtype).view(shape), features)
 
 
-def channel_moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_moments(features: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Biased variance and mean per channel, float32 (float64 for float64), differentiable.
 
     Args:
         features: (N, C, H, W), any float dtype.
+        method: "matmul" (sums as matrix products, one-pass backward), "var_mean" (``torch.var_mean``),
+            or "auto": "matmul" on the CPU, "var_mean" on other devices.
 
     Returns:
         (variance (C,), mean (C,)), the order of ``torch.var_mean``.
     """
-    if features.device.type == "cpu":
+    if method not in MOMENT_METHODS:
+        raise ValueError(f"method must be one of {', '.join(MOMENT_METHODS)}, got {method!r}")
+    if method == "auto":
+        method = "matmul" if features.device.type == "cpu" else "var_mean"
+    if method == "matmul":
         return _MatmulMoments.apply(features)
     variance, mean = torch.var_mean(features, dim=(0, 2, 3), correction=0)
     total = torch.promote_types(features.dtype, torch.float32)
