@@ -30,3 +30,11 @@ def _model_home(tmp_path_factory, monkeypatch):
     """Each test gets an empty model home: nothing from the user's $ARCFACE_HOME (a pulled detector, a
     registered model) changes what a test sees, and nothing a test writes lands there."""
     monkeypatch.setenv("ARCFACE_HOME", str(tmp_path_factory.mktemp("arcface_home")))
+
+
+@pytest.fixture
+def onnx_runtime():
+    """Skip the test unless onnx (to build test models) and onnxruntime (to run them) are installed;
+    the other tests of a module run without them."""
+    pytest.importorskip("onnx", reason="building test ONNX models needs the onnx package (pip install -e '.[test]')")
+    pytest.importorskip("onnxruntime", reason="ONNX models need onnxruntime (pip install -e '.[test]')")

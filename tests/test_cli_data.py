@@ -97,12 +97,34 @@ def test_no_traceback_from_a_real_process(tmp_path):
     assert "Traceback" not in result.stderr and "truncated.rec" in result.stderr
 
 
-def test_align_into_a_rec(tmp_path):
+def test_align_into_a_rec_holds_each_aligned_face_with_its_label(tmp_path):
+    from arcface.data.align import FaceAligner
+    from arcface.data.datasets import FaceTransform, RecordDataset, decode_image
+
     detector = shared_path("data/models/yunet/face_detection_yunet_2026may.onnx")
-    source = tmp_path / "photos" / "Aaron_Eckhart"
-    source.mkdir(parents=True)
-    source.joinpath("1.jpg").write_bytes(shared_path("data/lfw_deepfunneled/images/Aaron_Eckhart/Aaron_Eckhart_0001.jpg").read_bytes())
+    lfw = shared_path("data/lfw_deepfunneled/images")
+    photos = {"Aaron_Peirsol": ["Aaron_Peirsol_0001.jpg", "Aaron_Peirsol_0002.jpg"], "Abdullah": ["Abdullah_0001.jpg"]}
+    for person, names in photos.items():
+        (tmp_path / "photos" / person).mkdir(parents=True)
+        for name in names:
+            (tmp_path / "photos" / person / name).write_bytes((lfw / person / name).read_bytes())
     record = tmp_path / "aligned.rec"
     assert main(["data", "align", str(tmp_path / "photos"), str(record), "--detector", str(detector), "--workers", "1"]) == 0
     report = json.loads((tmp_path / "aligned_aligned" / "align_report.json").read_text())
-    assert report["faces_found"] == 1 and record.exists()
+    assert report["faces_found"] == 3
+    assert (tmp_path / "property").read_text().strip() == "2,112,112"
+
+    # Read back: one record per photo, identities labelled in name order, each the face a direct
+    # alignment of that photo gives (RGB; the difference is JPEG's rounding).
+    dataset = RecordDataset(record, transform=FaceTransform(flip=0.0))
+    assert len(dataset) == 3 and dataset.num_classes == 2 and dataset.labels == [0, 0, 1]
+    aligner = FaceAligner(detector)
+    expected = [(label, lfw / person / name) for label, (person, names) in enumerate(sorted(photos.items())) for name in names]
+    for index, (label, photo) in enumerate(expected):
+        stored = decode_image(dataset.encoded(index), f"record {index}")
+        direct = aligner.align(cv2.imread(str(photo)))[0].image[..., ::-1]  # BGR -> RGB
+        assert stored.shape == (112, 112, 3) and dataset[index][1] == label
+        assert np.abs(stored.astype(np.int16) - direct.astype(np.int16)).mean() < 3, photo.name
+        others = [p for _, p in expected if p != photo]
+        assert all(np.abs(stored.astype(np.int16) - aligner.align(cv2.imread(str(p)))[0].image[..., ::-1].astype(np.int16)).mean() > 10
+                   for p in others), photo.name  # and not another photo's face

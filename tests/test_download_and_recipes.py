@@ -45,10 +45,57 @@ def test_fetch_lfw_lays_out_images_and_protocol_files(tmp_path):
     assert (lfw / "pairsDevTest.txt").exists()
 
 
-@pytest.mark.parametrize("name", list_recipes())
-def test_every_shipped_recipe_loads(name):
+def _build_recipe(name: str):
+    """(config, backbone, head) of a recipe, built as the trainer builds them (one process, 10 classes)."""
+    import torch
+
+    from arcface.backbones import create_backbone
+    from arcface.train.head_state import build_training_head
+
     config = load_config(recipe_path(name))
-    assert config.data.batch_size >= 1
+    model = config.model
+    torch.manual_seed(0)
+    backbone = create_backbone(model.backbone, embedding_size=model.embedding_size, dropout=model.dropout,
+                               **({"activation_checkpointing": True} if model.activation_checkpointing else {}))
+    head = build_training_head(config.head, 10, model.embedding_size, rank=0, world_size=1, seed=config.seed)
+    return config, backbone, head
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_shipped_recipe_builds_its_model_and_head(name):
+    """Backbone and head of each recipe: they agree on the embedding size, the head gives a finite loss
+    on embeddings of that size and carries the recipe's margins and class sampling."""
+    import torch
+
+    config, backbone, head = _build_recipe(name)
+    size = config.model.embedding_size
+    assert backbone.embedding_size == size
+    loss = head(torch.randn(4, size, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3, 7, 9]))
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    hparams = head.hparams()
+    assert hparams["num_classes"] == 10 and hparams["embedding_size"] == size
+    for key in ("scale", "m1", "m2", "m3"):
+        if getattr(config.head, key) is not None:
+            assert hparams[key] == getattr(config.head, key), key
+    assert hparams.get("sample_rate", 1.0) == config.head.sample_rate
+
+
+# A training-mode forward of an IResNet-100 takes seconds on a CPU: those recipes embed a face in the slow suite.
+_HEAVY_BACKBONES = {"iresnet100", "iresnet200"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if load_config(recipe_path(name)).model.backbone in _HEAVY_BACKBONES else [])
+    for name in list_recipes()
+])
+def test_every_shipped_recipe_embeds_faces_into_its_head(name):
+    import torch
+
+    config, backbone, head = _build_recipe(name)
+    with torch.no_grad():  # training mode, as the trainer runs it (an untrained network in eval mode overflows)
+        embeddings = backbone.train()(torch.rand(2, 3, 112, 112) * 2 - 1)
+        loss = head(embeddings, torch.tensor([3, 7]))
+    assert embeddings.shape == (2, config.model.embedding_size) and torch.isfinite(embeddings).all() and torch.isfinite(loss)
 
 
 def test_published_recipes_carry_their_published_settings():

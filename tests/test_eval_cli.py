@@ -1,4 +1,7 @@
-"""`arcface eval`: model loading (ONNX, checkpoints), images, cache, reports, and bad input."""
+"""`arcface eval`: model loading (ONNX, checkpoints), images, cache, reports, and bad input.
+
+Tests that build or run ONNX models ask for the ``onnx_runtime`` fixture: without onnx / onnxruntime
+they skip, the others still run."""
 
 import json
 from pathlib import Path
@@ -18,9 +21,7 @@ from arcface.input_spec import InputSpec
 from arcface.model import OnnxFaceModel, append_onnx_metadata, load_face_model, read_onnx_metadata
 from arcface.train.config import TrainConfig, config_to_dict
 
-onnx = pytest.importorskip("onnx", reason="building test ONNX models needs the onnx package (pip install -e '.[test]')")
-pytest.importorskip("onnxruntime", reason="ONNX models need onnxruntime (pip install -e '.[test]')")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+needs_onnx = pytest.mark.usefixtures("onnx_runtime")
 
 SIZE = 112
 DIM = 8
@@ -28,6 +29,9 @@ DIM = 8
 
 def linear_onnx(path: Path, weight: np.ndarray, shape: list, batch=None) -> Path:
     """A face 'model': flatten the input (whatever its layout) and multiply by ``weight``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     graph = helper.make_graph(
         [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "weight"], ["embeddings"])],
         "linear",
@@ -56,6 +60,7 @@ def weight():
     return np.random.default_rng(0).standard_normal((3 * SIZE * SIZE, DIM)) / 100
 
 
+@needs_onnx
 @pytest.mark.parametrize("layout, bgr, mean, std, batch", [("nchw", False, 127.5, 128.0, None), ("nhwc", True, 127.5, 127.5, None), ("nchw", False, 0.0, 255.0, 2)])
 def test_onnx_wrapper_feeds_the_models_input_convention(tmp_path, weight, layout, bgr, mean, std, batch):
     shape = [3, SIZE, SIZE] if layout == "nchw" else [SIZE, SIZE, 3]
@@ -67,6 +72,7 @@ def test_onnx_wrapper_feeds_the_models_input_convention(tmp_path, weight, layout
     np.testing.assert_allclose(ours, reference_embedding(pixels, weight, mean, std, layout, bgr), rtol=1e-4, atol=1e-4)
 
 
+@needs_onnx
 def test_an_onnx_file_says_how_to_feed_it_and_flags_override(tmp_path, weight, caplog):
     path = linear_onnx(tmp_path / "m.onnx", weight, [SIZE, SIZE, 3])
     written = InputSpec(mean=100.0, std=50.0, channel_order="BGR", layout="NHWC")
@@ -84,6 +90,7 @@ def test_an_onnx_file_says_how_to_feed_it_and_flags_override(tmp_path, weight, c
     assert "input std 50.0; using 128.0" in caplog.text
 
 
+@needs_onnx
 def test_onnx_model_of_another_input_size_is_refused(tmp_path, weight):
     path = linear_onnx(tmp_path / "m128.onnx", np.zeros((3 * 128 * 128, DIM)), [3, 128, 128])
     with pytest.raises(DataError, match="112x112"):
@@ -149,6 +156,7 @@ def _run_eval(args) -> tuple[int, dict | None]:
     return status, (json.loads(out.read_text()) if out is not None and out.exists() else None)
 
 
+@needs_onnx
 def test_pairs_report_matches_a_direct_computation_and_the_cache_is_used(tmp_path, weight, pair_set):
     pairs, root = pair_set
     model_path = linear_onnx(tmp_path / "m.onnx", weight, [3, SIZE, SIZE])
@@ -191,6 +199,7 @@ def test_pairs_report_matches_a_direct_computation_and_the_cache_is_used(tmp_pat
     assert status == 0 and third["embedding"]["embedded"] == 18 and third["accuracy"] == report["accuracy"]
 
 
+@needs_onnx
 def test_bad_inputs_give_one_line_errors(tmp_path, weight, pair_set, caplog):
     pairs, root = pair_set
     model_path = str(linear_onnx(tmp_path / "m.onnx", weight, [3, SIZE, SIZE]))
@@ -239,6 +248,7 @@ def test_center_crop_takes_the_middle_square():
 # ---------------------------------------------------------------------------- IJB and 1:N plumbing
 
 
+@needs_onnx
 def test_ijb_and_identification_commands_report_what_the_library_computes(tmp_path, weight):
     rng = np.random.default_rng(5)
     model_path = str(linear_onnx(tmp_path / "m.onnx", weight, [3, SIZE, SIZE]))
@@ -303,6 +313,7 @@ def test_ijb_and_identification_commands_report_what_the_library_computes(tmp_pa
 # ---------------------------------------------------------------------------- export
 
 
+@needs_onnx
 def test_export_round_trips_through_onnxruntime(tmp_path, capsys):
     config = TrainConfig()
     config.model.backbone, config.model.embedding_size = "mobilefacenet", 16
@@ -328,6 +339,7 @@ def test_export_round_trips_through_onnxruntime(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@needs_onnx
 def test_an_exported_model_evaluates_without_input_flags_as_its_checkpoint(tmp_path, pair_set):
     pairs, root = pair_set
     config = TrainConfig()
@@ -351,8 +363,9 @@ def test_an_exported_model_evaluates_without_input_flags_as_its_checkpoint(tmp_p
     assert reports["onnx_wrong"]["threshold"] != pytest.approx(reports["onnx"]["threshold"], abs=1e-3)
 
 
+@needs_onnx
 def test_export_simplify_keeps_parity_and_a_standard_graph(tmp_path, capsys):
-    onnx = pytest.importorskip("onnx")
+    import onnx
     config = TrainConfig()
     config.model.backbone, config.model.embedding_size = "mobilefacenet", 16
     torch.manual_seed(2)
@@ -372,6 +385,7 @@ def test_export_simplify_keeps_parity_and_a_standard_graph(tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@needs_onnx
 def test_a_folder_with_one_onnx_model_is_that_model(tmp_path, weight):
     folder = tmp_path / "model"
     folder.mkdir()

@@ -12,14 +12,12 @@ from arcface.cli import main
 from arcface.data.errors import DataError
 from arcface.eval import load_face_model
 from conftest import shared_path
-
-pytest.importorskip("onnxruntime", reason="ONNX models need onnxruntime (pip install -e '.[test]')")
-pytest.importorskip("onnx", reason="building test ONNX models needs the onnx package")
-from test_eval_cli import SIZE, linear_onnx  # noqa: E402
+from test_eval_cli import SIZE, linear_onnx
 
 
 @pytest.fixture()
-def setup(tmp_path):
+def setup(tmp_path, onnx_runtime):
+    """An ONNX face model and 3 people x 3 photos (skips without onnx / onnxruntime)."""
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((3 * SIZE * SIZE, 8)) / 100
     model = linear_onnx(tmp_path / "m.onnx", weight, [3, SIZE, SIZE])
@@ -94,6 +92,7 @@ def test_unaligned_photo_without_a_detector_is_a_clear_error(setup, tmp_path, ca
     assert "gallery file not found" in caplog.text
 
 
+@pytest.mark.usefixtures("onnx_runtime")
 def test_real_photos_with_the_independent_model():
     lfw = shared_path("data/lfw_deepfunneled/images")
     recognizer = FaceRecognizer.from_onnx(shared_path("data/models/mobilefacenet_onnx/mobilefacenet.onnx"), input_std=128.0,

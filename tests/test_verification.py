@@ -405,13 +405,35 @@ def test_bin_folds():
         bin_folds(5, 10)
 
 
-def test_small_lfw_bin_runs():
-    path = shared_path("fixtures/bin/small_lfw.bin")
+def test_lfw_faces_in_a_bin_with_different_person_pairs_give_their_known_accuracy(tmp_path):
+    """The small_lfw.bin fixture holds 10 same-person pairs only (saying "same" always scores 1.0 on it).
+    Rebuilt from its LFW faces: 10 pairs of one photo with itself (cosine 1 for any model) and 10 pairs
+    of two people, alternating, so that each of the 10 folds holds one of each. With the right labels a
+    threshold separates them: accuracy 1.0 in every fold. With the labels swapped none does better than
+    giving every pair the same answer: 0.5 in every fold."""
+    source = read_bin(shared_path("fixtures/bin/small_lfw.bin"))
+    assert source.num_pairs == 10 and all(source.issame)
+    # The person of each fixture pair (fixtures/bin/SOURCE.md): Abel_Pacheco, Akhmed_Zakayev x2,
+    # Amber_Tamblyn, Anders_Fogh_Rasmussen x2, Angela_Bassett x3, Ann_Veneman.
+    person = [0, 1, 1, 2, 3, 3, 4, 4, 4, 5]
+    images, same = [], []
+    for i in range(10):
+        j = (i + 3) % 10
+        assert person[i] != person[j]
+        images += [source.images[2 * i], source.images[2 * i], source.images[2 * i], source.images[2 * j + 1]]
+        same += [True, False]
     model = tiny_model(seed=4, out=32)
-    result = verify_bin(model, path, batch_size=8)
-    assert result.num_pairs == 10 and len(result.fold_accuracies) == 10
-    assert np.all(np.isfinite(result.scores)) and np.all(np.abs(result.scores) <= 1 + 1e-6)
-    assert result.accuracy_mean == 1.0  # all 10 pairs are same-person: "all same" is right every time
+    folds = np.repeat(np.arange(10), 2).tolist()  # bin_folds: consecutive blocks
+    for labels, expected in ((same, 1.0), ([not s for s in same], 0.5)):
+        path = tmp_path / f"lfw_{expected}.bin"
+        write_bin(path, images, labels)
+        result = verify_bin(model, path, batch_size=8)
+        assert result.num_pairs == 20 and np.all(np.isfinite(result.scores))
+        assert result.fold_accuracies == pytest.approx([expected] * 10)
+        assert result.accuracy_mean == pytest.approx(expected)
+        assert result.accuracy_mean == pytest.approx(reference_kfold(result.scores.tolist(), labels, folds)[0])
+    identical, different = result.scores[0::2], result.scores[1::2]
+    assert np.all(identical > 1 - 1e-5) and different.max() < identical.min()
 
 
 def test_the_trainer_and_the_eval_command_score_one_protocol_alike(tmp_path):
