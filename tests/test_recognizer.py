@@ -102,6 +102,7 @@ def test_real_photos_with_the_independent_model():
     assert same[1] and not other[1] and same[0] > other[0] + 0.3
 
 
+@pytest.mark.usefixtures("onnx_runtime")
 def test_a_photo_embeds_alike_by_path_as_pil_and_as_an_opencv_array_with_its_order_declared():
     from PIL import Image
 
