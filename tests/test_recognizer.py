@@ -144,6 +144,7 @@ def test_gallery_search_matches_a_brute_force_reference(use_faiss):
             np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-5)
 
 
+@pytest.mark.usefixtures("onnx_runtime")
 def test_detect_finds_both_faces_of_two_photos_side_by_side(tmp_path):
     lfw = shared_path("data/lfw_deepfunneled/images")
     recognizer = FaceRecognizer.from_onnx(shared_path("data/models/mobilefacenet_onnx/mobilefacenet.onnx"), input_std=128.0,
