@@ -20,11 +20,11 @@ __all__ = ["scaled_cosine", "row_dot"]
 _ROW_DOT_CHUNK = 512
 
 
-def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def row_dot(a: torch.Tensor, b: torch.Tensor, chunk: int = _ROW_DOT_CHUNK) -> torch.Tensor:
     """Row-wise dot products of two (N, D) matrices, (N,), with O(chunk * D) temporary memory."""
     out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
-    for start in range(0, a.shape[0], _ROW_DOT_CHUNK):
-        stop = start + _ROW_DOT_CHUNK
+    for start in range(0, a.shape[0], chunk):
+        stop = start + chunk
         torch.sum(a[start:stop] * b[start:stop], dim=1, out=out[start:stop])
     return out
 

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_COSINE_PRECISION",
     "check_loss_options",
     "class_chunk_for",
+    "float32_output_supported",
     "margin_cross_entropy",
     "product_dtype",
 ]
@@ -66,6 +67,11 @@ DEFAULT_CLASS_CHUNK = {"cpu": 0, "cuda": 16384}
 
 # A zero center gets cosine 0 (not NaN), as in scaled_cosine.
 CENTER_NORM_EPS = 1e-12
+# Rows per row-wise dot product in backward: on a GPU a chunk's dot products in a few kernels, not one
+# per 512 rows (at a million classes those launches alone would cost milliseconds); on a CPU, 512
+# rows keep the temporary in cache.
+_ROW_DOT_ROWS = {"cpu": 512}
+_ROW_DOT_ROWS_ELSEWHERE = 16384
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -99,7 +105,7 @@ def class_chunk_for(class_chunk: int | None, device_type: str) -> int:
 
 
 @lru_cache(maxsize=None)
-def _mm_has_out_dtype(device_type: str) -> bool:
+def float32_output_supported(device_type: str) -> bool:
     """Whether ``torch.mm(a, b, out_dtype=...)`` (half operands, float32 result) runs on this device."""
     try:
         a = torch.zeros(2, 2, dtype=torch.bfloat16, device=device_type)
@@ -114,7 +120,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.dtype) -> torch.Tensor:
     where the device has a float32-output kernel; elsewhere they round to half first)."""
     if a.dtype == out:
         return a @ b
-    if _mm_has_out_dtype(a.device.type):
+    if float32_output_supported(a.device.type):
         return torch.mm(a, b, out_dtype=out)
     return (a @ b).to(out)
 
@@ -251,7 +257,9 @@ class _MarginCrossEntropy(torch.autograd.Function):
         local = (target_col >= 0).nonzero().squeeze(1)
         cols = target_col[local]
         grad_x = torch.zeros_like(x_unit)
-        grad_w = torch.zeros_like(weight)
+        # Every row is written by its chunk, unless only sampled rows are in use.
+        grad_w = torch.empty_like(weight) if index is None else torch.zeros_like(weight)
+        row_chunk = _ROW_DOT_ROWS.get(weight.device.type, _ROW_DOT_ROWS_ELSEWHERE)
         for c, a in enumerate(range(0, num_classes, chunk)):
             b = min(a + chunk, num_classes)
             rows = _chunk_rows(weight, index, a, b, k)
@@ -271,18 +279,17 @@ class _MarginCrossEntropy(torch.autograd.Function):
                 unscale = 1.0 if shifts is None else torch.exp2(shifts[c])
                 w_lp = _half_centers(rows, inv, plan.product_dtype)
                 grad_x.add_(_mm(grad_lp, w_lp, compute).mul_(s * unscale))
-                grad_rows = _mm(grad_lp.t(), x_p, compute).mul_((inv * unscale).unsqueeze(1))
+                grad_rows = _mm(grad_lp.t(), x_p, compute).mul_((inv * (unscale * coef)).unsqueeze(1))
             else:
                 grad_raw = grad_z.mul_(inv * s)
                 grad_x.addmm_(grad_raw, rows)
-                grad_rows = grad_raw.t() @ x_unit
+                grad_rows = (grad_raw.t() @ x_unit).mul_(coef)
             # Only the part orthogonal to each center survives its normalization.
-            radial = row_dot(grad_rows, rows) * inv.square()
-            grad_rows.addcmul_(rows, radial.unsqueeze(1), value=-1.0).mul_(coef)
+            radial = row_dot(grad_rows, rows, row_chunk) * inv.square()
             if index is None:
-                grad_w[a * k : b * k] = grad_rows
+                torch.addcmul(grad_rows, rows, radial.unsqueeze(1), value=-1.0, out=grad_w[a * k : b * k])
             else:
-                grad_w.index_copy_(0, index[a:b], grad_rows)
+                grad_w.index_copy_(0, index[a:b], grad_rows.addcmul_(rows, radial.unsqueeze(1), value=-1.0))
         grad_x.mul_(coef)
         # The target logits: d loss / d t_b = (p_target - 1) / M, through the float32 margin path.
         target_rows = _target_rows(cols, index, k)
@@ -298,9 +305,15 @@ class _MarginCrossEntropy(torch.autograd.Function):
 
 
 def _mask_targets(logits: torch.Tensor, local: torch.Tensor, cols: torch.Tensor, a: int, b: int) -> None:
-    """Set the target entries of the chunk of classes [a, b) to -inf, in place."""
-    inside = (cols >= a) & (cols < b)
-    logits[local[inside], cols[inside] - a] = -math.inf
+    """Set the target entries of the chunk of classes [a, b) to -inf, in place.
+
+    Written without boolean indexing, whose data-dependent size would stop a CUDA stream once per
+    chunk: rows whose target is elsewhere rewrite one entry with its own value.
+    """
+    col = cols - a
+    inside = (col >= 0) & (col < b - a)
+    col = col.clamp(0, b - a - 1)
+    logits[local, col] = torch.where(inside, -math.inf, logits[local, col])
 
 
 def _target_rows(cols: torch.Tensor, index: torch.Tensor | None, k: int) -> torch.Tensor:
