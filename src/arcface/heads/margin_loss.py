@@ -125,6 +125,13 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.dtype) -> torch.Tensor:
     return (a @ b).to(out)
 
 
+def _mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[...] = a @ b`` for half (or full-precision) operands and a full-precision ``out``."""
+    if a.dtype == out.dtype:
+        return torch.mm(a, b, out=out)
+    return out.copy_(_mm(a, b, out.dtype))
+
+
 @dataclass(frozen=True)
 class _Plan:
     scale: float
@@ -274,22 +281,24 @@ class _MarginCrossEntropy(torch.autograd.Function):
             # Softmax probabilities (times 2^-shift in fp16); in place unless the logits are kept.
             probs = torch.exp(logits - base) if logits is kept else logits.sub_(base).exp_()
             grad_z = _unpool(probs, z, k, plan.pooling)
+            # The chunk's center gradients are written straight into their rows of grad_w (a sampled
+            # chunk into a buffer first): no second (rows, D) buffer when one chunk holds all classes.
+            grad_rows = grad_w[a * k : b * k] if index is None else torch.empty_like(rows)
             if half:
                 grad_lp = grad_z.to(plan.product_dtype)
                 unscale = 1.0 if shifts is None else torch.exp2(shifts[c])
                 w_lp = _half_centers(rows, inv, plan.product_dtype)
                 grad_x.add_(_mm(grad_lp, w_lp, compute).mul_(s * unscale))
-                grad_rows = _mm(grad_lp.t(), x_p, compute).mul_((inv * (unscale * coef)).unsqueeze(1))
+                _mm_into(grad_lp.t(), x_p, grad_rows).mul_((inv * (unscale * coef)).unsqueeze(1))
             else:
                 grad_raw = grad_z.mul_(inv * s)
                 grad_x.addmm_(grad_raw, rows)
-                grad_rows = (grad_raw.t() @ x_unit).mul_(coef)
+                torch.mm(grad_raw.t(), x_unit, out=grad_rows).mul_(coef)
             # Only the part orthogonal to each center survives its normalization.
             radial = row_dot(grad_rows, rows, row_chunk) * inv.square()
-            if index is None:
-                torch.addcmul(grad_rows, rows, radial.unsqueeze(1), value=-1.0, out=grad_w[a * k : b * k])
-            else:
-                grad_w.index_copy_(0, index[a:b], grad_rows.addcmul_(rows, radial.unsqueeze(1), value=-1.0))
+            grad_rows.addcmul_(rows, radial.unsqueeze(1), value=-1.0)
+            if index is not None:
+                grad_w.index_copy_(0, index[a:b], grad_rows)
         grad_x.mul_(coef)
         # The target logits: d loss / d t_b = (p_target - 1) / M, through the float32 margin path.
         target_rows = _target_rows(cols, index, k)
