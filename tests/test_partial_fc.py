@@ -14,7 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.func import functional_call
 
-from arcface.heads import COMBINED_PRESETS, PartialFCHead, create_head, shard_range
+from arcface.heads import COMBINED_PRESETS, MarginHead, PartialFCHead, create_head, shard_range
+from arcface.heads.init import seeded_normal_rows
+from arcface.train.config import HeadConfig
+from arcface.train.head_state import build_training_head
 
 C, D, B = 10, 8, 6
 SEED = 3
@@ -81,6 +84,82 @@ def test_single_process_equals_margin_head(setting, dtype):
     torch.testing.assert_close(loss, ref_loss, **tol)
     torch.testing.assert_close(grad_x, ref_x, **tol)
     torch.testing.assert_close(grad_w, ref_w, **tol)
+
+
+@pytest.mark.parametrize("name", sorted(COMBINED_PRESETS))
+def test_every_preset_partial_fc_equals_margin_head_with_the_same_weights(name):
+    """The registry's preset and a one-process PartialFCHead with its margins: same centers from
+    the same seed, same loss and gradients (float64)."""
+    margin = create_head(name, num_classes=C, embedding_size=D, seed=SEED).double()
+    partial = PartialFCHead(C, D, seed=SEED, **COMBINED_PRESETS[name]).double()
+    assert isinstance(margin, MarginHead)
+    assert torch.equal(margin.weight, partial.weight)
+    x, labels = _batch(seed=5)
+    for got, want in zip(_run(partial, x, labels), _run(margin, x, labels)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_both_heads_share_their_defaults():
+    keys = ("scale", "m1", "m2", "m3", "pi_region", "straight_through", "cosine_precision", "class_chunk")
+    margin, partial = MarginHead(C, D).hparams(), PartialFCHead(C, D).hparams()
+    assert {k: margin[k] for k in keys} == {k: partial[k] for k in keys}
+    assert margin["scale"] == 64.0 and (margin["m1"], margin["m2"], margin["m3"]) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(COMBINED_PRESETS))
+def test_registry_builds_partial_fc_for_sampling_or_several_ranks(name):
+    sampled = create_head(name, num_classes=C, embedding_size=D, sample_rate=0.5, seed=SEED)
+    assert isinstance(sampled, PartialFCHead) and sampled.sample_rate == 0.5
+    assert {k: getattr(sampled, k) for k in ("m1", "m2", "m3")} == COMBINED_PRESETS[name]
+    assert sampled.scale == 64.0
+    shard = create_head(name, num_classes=C, embedding_size=D, world_size=2, rank=1, seed=SEED)
+    assert isinstance(shard, PartialFCHead) and (shard.class_start, shard.class_end) == (5, 10)
+    assert torch.equal(shard.weight, create_head(name, num_classes=C, embedding_size=D, seed=SEED).weight[5:])
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,message",
+    [
+        ("subcenter_arcface", {"sample_rate": 0.5}, "sub_centers=3"),
+        ("arcface", {"world_size": 2, "intra_weight": 1.0}, "intra_weight"),
+        ("arcface", {"sample_rate": 0.5, "pooling": "softmax"}, "pooling"),
+        ("softmax", {"world_size": 2}, "no model-parallel version"),
+        ("arcface", {"process_group": object()}, "process_group"),
+    ],
+)
+def test_registry_refuses_what_partial_fc_cannot_do(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_head(name, num_classes=C, embedding_size=D, **kwargs)
+
+
+@pytest.mark.parametrize("name,sample_rate", [("arcface", 1.0), ("subcenter_arcface", 1.0), ("softmax", 1.0), ("cosface", 0.5)])
+def test_training_heads_come_from_the_registry_with_seeded_centers(name, sample_rate):
+    config = HeadConfig(name=name, sample_rate=sample_rate, cosine_precision="float32", options={"class_chunk": 4} if name != "softmax" else {})
+    head = build_training_head(config, C, D, rank=0, world_size=1, seed=SEED)
+    rows = C * getattr(head, "sub_centers", 1)
+    assert torch.equal(head.weight.detach(), seeded_normal_rows(SEED, 0, rows, D))
+    assert isinstance(head, PartialFCHead) == (sample_rate < 1.0)
+    if name != "softmax":
+        assert (head.cosine_precision, head.class_chunk) == ("float32", 4)
+
+
+def test_training_head_options_are_checked():
+    with pytest.raises(ValueError, match="cosine_precision"):
+        build_training_head(HeadConfig(cosine_precision="half"), C, D, rank=0, world_size=1, seed=0)
+    with pytest.raises(ValueError, match="no model-parallel version"):
+        build_training_head(HeadConfig(name="softmax", sample_rate=0.5), C, D, rank=0, world_size=1, seed=0)
+
+
+def test_a_sampler_state_from_another_device_type_is_not_replayed(caplog):
+    head = _partial(num_classes=40, sample_rate=0.5)
+    state = head.sampler_state()
+    index = head.sample_centers(torch.tensor([1, 2]))
+    assert index.device == head.weight.device
+    with caplog.at_level("WARNING"):
+        head.load_sampler_state(torch.zeros(16, dtype=torch.uint8))  # a CUDA generator's state size
+    assert "another device type" in caplog.text
+    head.load_sampler_state(state)
+    assert torch.equal(head.sample_centers(torch.tensor([1, 2])), index)
 
 
 @pytest.mark.parametrize("sample_rate", [1.0, 0.5])
@@ -297,6 +376,8 @@ TWO_RANK_CASES = {
     "cosface_uneven": (7, "cosface", {}, [5, 5, 2, 6, 0, 3]),
     "arcface_straight_through": (7, "arcface_straight_through", {}, [1, 4, 2, 6, 3, 3]),
     "sampled": (16, "arcface", {"sample_rate": 0.5}, [0, 15, 2, 9, 9, 12]),
+    "combined_chunked_uneven": (7, "combined", {"class_chunk": 2}, [6, 0, 3, 4, 4, 1]),
+    "arcface_chunked_one_class": (8, "arcface", {"class_chunk": 1}, [0, 7, 3, 4, 4, 1]),
 }
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_head_sizes", "check_embeddings", "check_labels", "compute_dtype"]
+__all__ = ["DEFAULT_SCALE", "check_head_sizes", "check_embeddings", "check_labels", "compute_dtype"]
+
+# The logit scale s of every normalized head (the paper's 64); presets and classes read it from here.
+DEFAULT_SCALE = 64.0
 
 
 def check_head_sizes(num_classes: int, embedding_size: int, scale: float | None = None) -> None:
@@ -54,7 +57,9 @@ def check_labels(labels: torch.Tensor, batch_size: int, num_classes: int) -> tor
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float32, or float64 when an input is float64: head math never runs in half precision."""
+    """float32, or float64 when an input is float64: the dtype of the heads' cosines, margins and
+    softmax. Only the (B, C) cosine product of the margin heads may run in half precision (see
+    :mod:`arcface.heads.margin_loss`); its target entries are recomputed in this dtype."""
     dtype = torch.float32
     for tensor in tensors:
         dtype = torch.promote_types(dtype, tensor.dtype)

@@ -20,11 +20,11 @@ __all__ = ["scaled_cosine", "row_dot"]
 _ROW_DOT_CHUNK = 512
 
 
-def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def row_dot(a: torch.Tensor, b: torch.Tensor, chunk: int = _ROW_DOT_CHUNK) -> torch.Tensor:
     """Row-wise dot products of two (N, D) matrices, (N,), with O(chunk * D) temporary memory."""
     out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
-    for start in range(0, a.shape[0], _ROW_DOT_CHUNK):
-        stop = start + _ROW_DOT_CHUNK
+    for start in range(0, a.shape[0], chunk):
+        stop = start + chunk
         torch.sum(a[start:stop] * b[start:stop], dim=1, out=out[start:stop])
     return out
 
@@ -39,6 +39,7 @@ class _ScaledCosine(torch.autograd.Function):
             target_cos = logits.gather(1, target_index) * inv_norm[target_index]
         logits.mul_(inv_norm * scale)
         ctx.scale = scale
+        ctx.device_type = x_unit.device.type
         ctx.has_target = target_index is not None
         ctx.save_for_backward(x_unit, weight, inv_norm, target_index)
         if target_cos is None:
@@ -47,6 +48,12 @@ class _ScaledCosine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logits, grad_target):
+        # backward() runs in the autocast state of its caller: keep the float32 (float64) math.
+        with torch.autocast(device_type=ctx.device_type, enabled=False):
+            return _ScaledCosine._backward(ctx, grad_logits, grad_target)
+
+    @staticmethod
+    def _backward(ctx, grad_logits, grad_target):
         x_unit, weight, inv_norm, target_index = ctx.saved_tensors
         # d(out_bj)/d(<x_b, W_j>) is scale * inv_norm_j for the logits and inv_norm_j for targets.
         if grad_logits is None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["seeded_normal_rows", "INIT_CHUNK_ROWS"]
+__all__ = ["seeded_normal_rows", "INIT_CHUNK_ROWS", "DEFAULT_INIT_STD"]
 
 INIT_CHUNK_ROWS = 4096
+# Standard deviation of the class centers' normal initialization, for every head.
+DEFAULT_INIT_STD = 0.01
 
 
-def seeded_normal_rows(seed: int, start: int, end: int, dim: int, std: float = 0.01) -> torch.Tensor:
+def seeded_normal_rows(seed: int, start: int, end: int, dim: int, std: float = DEFAULT_INIT_STD) -> torch.Tensor:
     """Rows [start, end) of a virtual (C, dim) N(0, std^2) matrix, in float32.
 
     Rows are drawn in blocks of ``INIT_CHUNK_ROWS``, block b from a generator seeded with (seed, b),

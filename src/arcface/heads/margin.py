@@ -24,9 +24,15 @@ import math
 
 import torch
 
-__all__ = ["PI_REGIONS", "COSINE_CLAMP_EPS", "check_margins", "margined_target", "boundary_angle"]
+__all__ = [
+    "PI_REGIONS", "COSINE_CLAMP_EPS", "DEFAULT_MARGINS", "DEFAULT_PI_REGION", "check_margins", "margined_target",
+    "boundary_angle",
+]
 
 PI_REGIONS = ("fallback", "easy_margin", "none")
+DEFAULT_PI_REGION = "fallback"
+# (m1, m2, m3) of a head built without margins: none (NormFace). The presets give each loss its own.
+DEFAULT_MARGINS = (1.0, 0.0, 0.0)
 
 # Cosines are clamped into [-1 + eps, 1 - eps] before arccos: arccos' derivative is infinite at +-1.
 # 1e-7 is representable just inside 1 in float32 and keeps the gradient below ~2e3 / (1 - eps).
@@ -52,10 +58,11 @@ def boundary_angle(m1: float, m2: float) -> float:
 
 def margined_target(
     cos_target: torch.Tensor,
-    m1: float = 1.0,
-    m2: float = 0.0,
-    m3: float = 0.0,
-    pi_region: str = "fallback",
+    m1: float = DEFAULT_MARGINS[0],
+    m2: float = DEFAULT_MARGINS[1],
+    m3: float = DEFAULT_MARGINS[2],
+    pi_region: str = DEFAULT_PI_REGION,
+    straight_through: bool = False,
 ) -> torch.Tensor:
     """The margined target cosine for each sample.
 
@@ -64,10 +71,16 @@ def margined_target(
             computed in at least float32 and clamped strictly inside [-1, 1].
         m1, m2, m3: multiplicative angular, additive angular (radians), additive cosine margins.
         pi_region: behaviour past ``theta_b``, see the module docstring.
+        straight_through: the margin as a constant: same value, the gradient of the plain cosine
+            (insightface's ``arcface_torch``); False gives the exact gradient.
 
     Returns:
         (B,) margined cosines (not scaled), in the promoted dtype of the input and float32.
     """
+    if straight_through:
+        margined = margined_target(cos_target, m1, m2, m3, pi_region)
+        plain = cos_target.to(margined.dtype)
+        return plain + (margined - plain).detach()
     dtype = torch.promote_types(cos_target.dtype, torch.float32)
     cos_t = cos_target.to(dtype).clamp(-1.0 + COSINE_CLAMP_EPS, 1.0 - COSINE_CLAMP_EPS)
     if m1 == 1.0 and m2 == 0.0:

@@ -24,16 +24,22 @@ With ``world_size=1`` no collective is ever called, so the head runs without any
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import check_embeddings, check_head_sizes, check_labels, compute_dtype
-from .cosine import scaled_cosine
-from .init import seeded_normal_rows
-from .margin import check_margins, margined_target
+from .base import DEFAULT_SCALE, check_embeddings, check_head_sizes, check_labels, compute_dtype
+from .init import DEFAULT_INIT_STD, seeded_normal_rows
+from .margin import DEFAULT_MARGINS, DEFAULT_PI_REGION, check_margins, margined_target
 from .margin_head import EMBEDDING_NORM_EPS
+from .margin_loss import (
+    DEFAULT_COSINE_PRECISION, check_loss_options, class_chunk_for, margin_cross_entropy, product_dtype,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PartialFCHead", "shard_range"]
 
@@ -84,50 +90,6 @@ class _AllGatherRows(torch.autograd.Function):
         return local * ctx.world_size, None, None, None
 
 
-class _DistributedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of logits whose columns are split over ranks.
-
-    forward(logits (M, n_local), target_col (M,), world_size, group) -> scalar, where ``target_col``
-    is the column of each sample's target among this rank's columns, -1 when another rank holds it.
-    Equal to ``F.cross_entropy`` on the (M, C) logits concatenated over ranks.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, target_col, world_size, group):
-        distributed = world_size > 1
-        # The row max only shifts the exponentials for stability: it carries no gradient.
-        row_max = logits.amax(dim=1)
-        if distributed:
-            dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        shifted = logits - row_max.unsqueeze(1)
-        rows = (target_col >= 0).nonzero().squeeze(1)
-        cols = target_col[rows]
-        # Column 0: sum of exp over this rank's classes; column 1: the shifted target logit, which
-        # lives on exactly one rank (0 elsewhere). One all-reduce (SUM) completes both.
-        stats = logits.new_zeros(logits.shape[0], 2)
-        stats[rows, 1] = shifted[rows, cols]
-        probs = shifted.exp_()
-        stats[:, 0] = probs.sum(dim=1)
-        if distributed:
-            dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
-        sum_exp, target = stats.unbind(1)
-        loss = (sum_exp.log() - target).mean()
-        probs.div_(sum_exp.unsqueeze(1))  # this rank's columns of the global softmax
-        ctx.save_for_backward(probs, rows, cols)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        probs, rows, cols = ctx.saved_tensors
-        # d(mean CE)/d(logits) = (softmax - onehot) / M; both factors are local: no collective.
-        # A copy, not the saved softmax in place, so retain_graph / gradcheck see the graph intact.
-        # It costs no peak memory: scaled_cosine's backward holds two (M, n) buffers right after.
-        grad = probs.clone()
-        grad[rows, cols] -= 1.0
-        grad.mul_(grad_output / probs.shape[0])
-        return grad, None, None, None
-
-
 class PartialFCHead(nn.Module):
     """Combined-margin head ``s * (cos(m1*theta + m2) - m3)`` with class centers sharded over ranks.
 
@@ -139,15 +101,18 @@ class PartialFCHead(nn.Module):
         sample_rate: fraction of this rank's centers entering the logits each step (Partial FC v2);
             the classes of the global batch are always kept. 1.0 uses all of them.
         scale: s. m1, m2, m3: multiplicative angular, additive angular (radians), additive cosine
-            margins (defaults: ArcFace, m2 = 0.5).
+            margins; the defaults are MarginHead's (no margin): build a loss through its preset,
+            ``create_head("arcface", ..., world_size=N, rank=r, sample_rate=...)``.
         pi_region: what happens where ``m1*theta + m2`` passes pi, see :mod:`arcface.heads.margin`.
         straight_through: apply the margin as a constant in backward, as in ``MarginHead``.
         init_std: standard deviation of the normal initialization of the centers.
         process_group: the group of the ``world_size`` ranks (None: the default group).
         seed: seeds the initialization (the full (C, D) matrix is drawn and this rank keeps its rows,
             so the shards of any world size concatenate to the single-process weight) and the
-            center sampler (``seed + rank``).
+            center sampler (``seed + rank``, a generator on the centers' device).
         sub_centers: not supported; any value but 1 raises.
+        cosine_precision, class_chunk: as in ``MarginHead`` (the product's dtype under autocast,
+            classes per chunk of the loss).
 
     Attributes:
         weight: (num_local, D) centers of classes ``class_start .. class_end - 1``.
@@ -160,16 +125,18 @@ class PartialFCHead(nn.Module):
         rank: int = 0,
         world_size: int = 1,
         sample_rate: float = 1.0,
-        scale: float = 64.0,
-        m1: float = 1.0,
-        m2: float = 0.5,
-        m3: float = 0.0,
-        pi_region: str = "fallback",
+        scale: float = DEFAULT_SCALE,
+        m1: float = DEFAULT_MARGINS[0],
+        m2: float = DEFAULT_MARGINS[1],
+        m3: float = DEFAULT_MARGINS[2],
+        pi_region: str = DEFAULT_PI_REGION,
         straight_through: bool = False,
-        init_std: float = 0.01,
+        init_std: float = DEFAULT_INIT_STD,
         process_group: dist.ProcessGroup | None = None,
         seed: int = 0,
         sub_centers: int = 1,
+        cosine_precision: str = DEFAULT_COSINE_PRECISION,
+        class_chunk: int | None = None,
     ) -> None:
         super().__init__()
         check_head_sizes(num_classes, embedding_size, scale)
@@ -185,6 +152,7 @@ class PartialFCHead(nn.Module):
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         check_margins(m1, m2, m3, pi_region)
+        check_loss_options(cosine_precision, class_chunk)
         self.class_start, self.class_end = shard_range(num_classes, rank, world_size)
         self.num_classes = int(num_classes)
         self.embedding_size = int(embedding_size)
@@ -195,6 +163,8 @@ class PartialFCHead(nn.Module):
         self.pi_region = pi_region
         self.straight_through = bool(straight_through)
         self.seed = int(seed)
+        self.cosine_precision = cosine_precision
+        self.class_chunk = class_chunk
         self.process_group = process_group
         # Only this shard's rows are drawn (block-seeded): they equal the same rows of a
         # single-process head with the same seed, without ever holding the full matrix.
@@ -219,6 +189,8 @@ class PartialFCHead(nn.Module):
             "pi_region": self.pi_region,
             "straight_through": self.straight_through,
             "seed": self.seed,
+            "cosine_precision": self.cosine_precision,
+            "class_chunk": self.class_chunk,
         }
 
     def extra_repr(self) -> str:
@@ -226,35 +198,60 @@ class PartialFCHead(nn.Module):
         return layout + ", " + ", ".join(f"{key}={value}" for key, value in self.hparams().items())
 
     # ----------------------------------------------------------------------------- sampler state
+    def _generator(self) -> torch.Generator:
+        """The center sampler, on the centers' device (drawing there needs no host round trip).
+
+        The head is built on the CPU and moved before training; a generator left on another device
+        is replaced by a fresh one seeded as at construction (``seed + rank``).
+        """
+        if self._sampler.device != self.weight.device:
+            log.debug("center sampler moved to %s, reseeded", self.weight.device)
+            self._sampler = torch.Generator(device=self.weight.device).manual_seed(self.seed + self.rank)
+        return self._sampler
+
     def sampler_state(self) -> torch.Tensor:
-        """The center sampler's generator state (a uint8 CPU tensor), for checkpoints."""
-        return self._sampler.get_state()
+        """The center sampler's generator state (a uint8 CPU tensor, for its device), for checkpoints."""
+        return self._generator().get_state()
 
     def load_sampler_state(self, state: torch.Tensor) -> None:
-        """Restore a state from :meth:`sampler_state` (of the same rank, to replay the same draws)."""
-        self._sampler.set_state(state.detach().to("cpu", torch.uint8))
+        """Restore a state from :meth:`sampler_state` (of the same rank, to replay the same draws).
+
+        A state saved on another kind of device (its generator has another state size) cannot be
+        replayed here: the sampler then keeps its seeded state, with a warning.
+        """
+        generator = self._generator()
+        state = state.detach().to("cpu", torch.uint8)
+        if state.numel() != generator.get_state().numel():
+            log.warning(
+                "the checkpoint's center-sampler state is from another device type (%d bytes, %s needs %d): "
+                "sampling continues from the seed, so the sampled classes differ from an uninterrupted run",
+                state.numel(), generator.device, generator.get_state().numel(),
+            )
+            return
+        generator.set_state(state)
 
     def sample_centers(self, labels: torch.Tensor) -> torch.Tensor:
         """Rows of this rank's shard that enter the logits this step; draws from the sampler.
 
         Args:
-            labels: (N*B,) labels of the whole global batch.
+            labels: (N*B,) labels of the whole global batch, on the centers' device.
 
         Returns:
-            (num_sample,) sorted long indices into ``weight``: every class of the shard present in
-            ``labels``, plus uniformly random others, ``max(positives, int(sample_rate * num_local))``
-            in all (at least one, so that no rank ends up with an empty softmax share).
+            (num_sample,) sorted long indices into ``weight``, on its device: every class of the shard
+            present in ``labels``, plus uniformly random others, ``max(positives, int(sample_rate *
+            num_local))`` in all (at least one, so that no rank ends up with an empty softmax share).
         """
+        generator = self._generator()
+        device = generator.device
         in_shard = (labels >= self.class_start) & (labels < self.class_end)
-        positives = torch.unique(labels[in_shard] - self.class_start).cpu()
+        positives = torch.unique(labels[in_shard] - self.class_start).to(device)
         num_sample = max(positives.numel(), int(self.sample_rate * self.num_local), 1)
         num_sample = min(num_sample, self.num_local)
         # One uniform score per row; positives score 2, above any draw, so top-k always keeps them.
         # The draw does not depend on the labels, so the generator advances the same way every step.
-        scores = torch.rand(self.num_local, generator=self._sampler)
+        scores = torch.rand(self.num_local, generator=generator, device=device)
         scores[positives] = 2.0
-        index = torch.topk(scores, num_sample, sorted=False).indices.sort().values
-        return index.to(self.weight.device)
+        return torch.topk(scores, num_sample, sorted=False).indices.sort().values
 
     # ----------------------------------------------------------------------------- collectives
     def _check_group(self) -> None:
@@ -313,10 +310,12 @@ class PartialFCHead(nn.Module):
         return torch.cat(parts)
 
     # ----------------------------------------------------------------------------- forward
-    def _margined_logits(
-        self, x_unit: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, index: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, n) margined logits against ``weight`` and each sample's target column (-1: elsewhere)."""
+    def _margined(self, cos_target: torch.Tensor) -> torch.Tensor:
+        """(B,) plain target cosines -> margined ones (see :func:`~arcface.heads.margin.margined_target`)."""
+        return margined_target(cos_target, self.m1, self.m2, self.m3, self.pi_region, self.straight_through)
+
+    def _target_columns(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """(M,) each sample's column among the classes in use on this rank, -1 when another rank has it."""
         target_col = torch.full_like(labels, -1)
         rows = ((labels >= self.class_start) & (labels < self.class_end)).nonzero().squeeze(1)
         shard_row = labels[rows] - self.class_start
@@ -326,24 +325,15 @@ class PartialFCHead(nn.Module):
             position = torch.full((self.num_local,), -1, dtype=torch.long, device=labels.device)
             position[index] = torch.arange(index.numel(), device=labels.device)
             target_col[rows] = position[shard_row]
-        # Samples whose class is on another rank gather a dummy column 0; only `rows` are used.
-        scaled, target_cos = scaled_cosine(x_unit, weight, self.scale, target_col.clamp_min(0).unsqueeze(1))
-        cos_target = target_cos.squeeze(1)[rows]
-        margined = margined_target(cos_target, self.m1, self.m2, self.m3, self.pi_region)
-        if self.straight_through:
-            margined = cos_target + (margined - cos_target).detach()
-        # The margin as a delta on the target logit, as MarginHead does: the logits' gradient passes
-        # through the accumulation unchanged.
-        delta = ((margined - cos_target) * self.scale).to(scaled.dtype)
-        scaled.index_put_((rows, target_col[rows]), delta, accumulate=True)
-        return scaled, target_col
+        return target_col
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         """Mean margined cross-entropy over the global batch (all ranks' samples).
 
         Args:
-            local_embeddings: (B, D), this rank's samples, any norm and float dtype (the cosines are
-                computed in float32, or float64 for float64 inputs, even under autocast).
+            local_embeddings: (B, D), this rank's samples, any norm and float dtype (target cosines
+                and margins in float32, or float64 for float64 inputs; the (N*B, n) product in the
+                autocast dtype as ``cosine_precision`` says).
             local_labels: (B,) global class indices in [0, C). B must be the same on every rank.
 
         Returns:
@@ -352,20 +342,23 @@ class PartialFCHead(nn.Module):
         labels = self._check_inputs(local_embeddings, local_labels)
         if labels.numel() == 0:  # every rank agreed on B = 0
             return self.weight.sum() * 0.0 + local_embeddings.sum() * 0.0
-        with torch.autocast(device_type=local_embeddings.device.type, enabled=False):
-            dtype = compute_dtype(local_embeddings, self.weight)
+        device = local_embeddings.device.type
+        dtype = compute_dtype(local_embeddings, self.weight)
+        product = product_dtype(self.cosine_precision, device, dtype)  # read before leaving autocast
+        with torch.autocast(device_type=device, enabled=False):
             embeddings = local_embeddings.to(dtype)
             if self.world_size > 1:
                 embeddings = _AllGatherRows.apply(embeddings, self.rank, self.world_size, self.process_group)
                 labels = self._gather_labels(labels)
             x_unit = F.normalize(embeddings, dim=1, eps=EMBEDDING_NORM_EPS)
-            index = None
-            weight = self.weight
-            if self.sample_rate < 1.0:
-                index = self.sample_centers(labels)
-                weight = weight[index]  # the gradient flows back to the sampled rows only
-            logits, target_col = self._margined_logits(x_unit, labels, weight.to(dtype), index)
-            return _DistributedCrossEntropy.apply(logits, target_col, self.world_size, self.process_group)
+            # Sampled rows are read chunk by chunk inside the loss (no (n, D) copy); the others get
+            # zero gradient.
+            index = self.sample_centers(labels) if self.sample_rate < 1.0 else None
+            return margin_cross_entropy(
+                x_unit, self.weight.to(dtype), self._target_columns(labels, index), scale=self.scale,
+                target_fn=self._margined, index=index, class_chunk=class_chunk_for(self.class_chunk, device),
+                product=product, world_size=self.world_size, process_group=self.process_group,
+            )
 
     # ----------------------------------------------------------------------------- resharding
     def _check_rows(self, tensor: torch.Tensor, rows: int, what: str) -> None:

@@ -24,5 +24,10 @@ def list_heads() -> list[str]:
 
 
 def create_head(name: str, num_classes: int, embedding_size: int = 512, **kwargs) -> nn.Module:
-    """Build a registered head; keyword arguments override the preset's defaults."""
+    """Build a registered head; keyword arguments override the preset's defaults.
+
+    The margin presets also take ``world_size``, ``rank``, ``sample_rate`` (and ``process_group``):
+    with ``world_size > 1`` or ``sample_rate < 1`` they return a
+    :class:`~arcface.heads.partial_fc.PartialFCHead` with the preset's margins.
+    """
     return _HEADS.create(name, num_classes=num_classes, embedding_size=embedding_size, **kwargs)

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import check_embeddings, check_head_sizes, check_labels, compute_dtype
+from .init import DEFAULT_INIT_STD, seeded_normal_rows
 
 __all__ = ["SoftmaxHead"]
 
@@ -18,6 +19,8 @@ class SoftmaxHead(nn.Module):
         num_classes: C. embedding_size: D.
         bias: learn a per-class bias (the paper's softmax baseline has one).
         init_std: standard deviation of the normal initialization of the weights.
+        seed: None draws the weights from torch's global generator, an int from
+            ``seeded_normal_rows(seed, ...)`` (as the margin heads do).
 
     Attributes:
         weight: (C, D). bias: (C,) or None.
@@ -25,13 +28,23 @@ class SoftmaxHead(nn.Module):
 
     sub_centers = 1
 
-    def __init__(self, num_classes: int, embedding_size: int = 512, bias: bool = True, init_std: float = 0.01):
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int = 512,
+        bias: bool = True,
+        init_std: float = DEFAULT_INIT_STD,
+        seed: int | None = None,
+    ):
         super().__init__()
         check_head_sizes(num_classes, embedding_size)
         self.num_classes = int(num_classes)
         self.embedding_size = int(embedding_size)
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
-        nn.init.normal_(self.weight, std=init_std)
+        if seed is None:
+            self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
+            nn.init.normal_(self.weight, std=init_std)
+        else:
+            self.weight = nn.Parameter(seeded_normal_rows(int(seed), 0, num_classes, embedding_size, init_std))
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
 
     def hparams(self) -> dict:

@@ -77,6 +77,7 @@ class HeadConfig:
     sub_centers: int | None = None  # None: the preset's (subcenter_arcface: 3, the others: 1)
     init_from: str | None = None  # (C, D) centers to start from: dominant_centers.pt of `arcface clean`, or a checkpoint / run folder (fine-tuning)
     sample_rate: float = 1.0  # partial FC: fraction of each rank's class centers used per step
+    cosine_precision: str = "auto"  # auto | autocast | float32: dtype of the (B, C) cosine product under autocast (margin heads)
     options: dict = field(default_factory=dict)  # further create_head arguments (pi_region, intra_weight, ...)
 
 

@@ -1,9 +1,10 @@
 """The training head and its world-size-independent state (for checkpoints that reshard).
 
-One process with ``sample_rate == 1`` trains any registered head (MarginHead, SoftmaxHead, sub-centers,
-intra/inter/triplet terms). Several processes, or class sampling, use the model-parallel
-PartialFCHead (the combined-margin presets). Either way a checkpoint stores the *full* (C, D) class
-centers and the full optimizer rows, so a run can resume with a different number of processes.
+Every head is built through the registry (``create_head``): one process with ``sample_rate == 1``
+gets the preset's single-device head (MarginHead, SoftmaxHead, sub-centers, intra/inter/triplet
+terms); several processes, or class sampling, get the model-parallel PartialFCHead with the same
+margins. Either way a checkpoint stores the *full* (C, D) class centers and the full optimizer rows,
+so a run can resume with a different number of processes.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..heads import COMBINED_PRESETS, create_head
-from ..heads.init import seeded_normal_rows
+from ..heads import create_head
 from ..heads.partial_fc import PartialFCHead
 from .checkpoint import CheckpointError, load_checkpoint_or_run
 from .config import HeadConfig
 
 __all__ = ["build_training_head", "head_full_state", "load_head_full_state", "optimizer_full_state", "load_optimizer_full_state"]
-
-INIT_STD = 0.01
 
 
 def _margins(config: HeadConfig) -> dict:
@@ -30,28 +28,15 @@ def _margins(config: HeadConfig) -> dict:
 
 def build_training_head(config: HeadConfig, num_classes: int, embedding_size: int, rank: int, world_size: int, seed: int) -> nn.Module:
     """The head for this process, its centers drawn from ``seed`` (identical for every world size)."""
-    if world_size == 1 and config.sample_rate == 1.0:
-        kwargs = dict(config.options)
-        if config.name != "softmax":
-            kwargs.update(_margins(config))
-            if config.sub_centers is not None:
-                kwargs["sub_centers"] = config.sub_centers
-        head = create_head(config.name, num_classes=num_classes, embedding_size=embedding_size, **kwargs)
-    else:
-        if config.name not in COMBINED_PRESETS or config.sub_centers not in (None, 1):
-            raise ValueError(
-                f"several processes or head.sample_rate < 1 need the model-parallel head, which supports the "
-                f"presets {sorted(COMBINED_PRESETS)} without sub-centers; got head.name={config.name!r}, "
-                f"sub_centers={config.sub_centers}"
-            )
-        margins = {**{"scale": 64.0}, **COMBINED_PRESETS[config.name], **_margins(config)}
-        head = PartialFCHead(
-            num_classes, embedding_size, rank=rank, world_size=world_size, sample_rate=config.sample_rate,
-            seed=seed, init_std=INIT_STD, **margins, **config.options,
-        )
-    if not isinstance(head, PartialFCHead):  # PartialFCHead draws its own shard the same way
-        with torch.no_grad():
-            head.weight.copy_(seeded_normal_rows(seed, 0, head_rows(head, num_classes), embedding_size, INIT_STD))
+    kwargs = dict(config.options)
+    if config.name != "softmax":
+        kwargs.update(_margins(config))
+        kwargs["cosine_precision"] = config.cosine_precision
+        if config.sub_centers is not None:
+            kwargs["sub_centers"] = config.sub_centers
+    if world_size > 1 or config.sample_rate < 1.0:
+        kwargs.update(rank=rank, world_size=world_size, sample_rate=config.sample_rate)
+    head = create_head(config.name, num_classes=num_classes, embedding_size=embedding_size, seed=seed, **kwargs)
     if config.init_from:
         load_head_full_state(head, {**head_full_state(head), "weight": initial_centers(config.init_from, head_rows(head, num_classes), embedding_size)})
     return head
