@@ -79,7 +79,7 @@ def perturbation(kind: str, strength: float, generator: torch.Generator, attack_
 
         def margin_loss(moved):
             with torch.autocast(run.device.type, dtype=run.autocast_dtype or torch.float32, enabled=run.autocast_dtype is not None):
-                embeddings = run._forward(moved)
+                embeddings = run.forward(moved)
             return run.head(embeddings, labels)
 
         lengths = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * strength
@@ -134,16 +134,12 @@ def main() -> None:
     ])
     change = perturbation("noise" if args.noise is not None else "adversarial", strength, torch.Generator().manual_seed(args.seed),
                           args.attack_steps)
-    plain_step = loop._Run._micro_step
 
-    def perturbed_step(self, images, labels, last_in_window):
-        return plain_step(self, change(self, images, labels), labels, last_in_window)
+    class Perturb(loop.TrainCallback):
+        def on_micro_batch(self, run, images, labels):
+            return change(run, images, labels)
 
-    loop._Run._micro_step = perturbed_step
-    try:
-        summary = loop.train(config, args.out)
-    finally:
-        loop._Run._micro_step = plain_step
+    summary = loop.train(config, args.out, callbacks=[Perturb()])
 
     path, state = load_checkpoint_or_run(args.out)
     model = config.model

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -121,6 +122,8 @@ def _device(requested: str) -> str:
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested != "cpu" and not re.fullmatch(r"cuda(:\d+)?", requested):
+        raise CommandError(f"--device {requested}: expected auto, cpu, cuda or cuda:N")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError("--device cuda but no CUDA device is available; use --device cpu")
     return requested
