@@ -112,6 +112,8 @@ class PrecisionConfig:
 class CheckpointConfig:
     every_steps: int = 500  # 0 disables step-based checkpoints
     every_minutes: float = 10.0  # 0 disables time-based checkpoints
+    # Checkpoints kept; besides them, the newest one whose next step had a finite loss is never deleted
+    # (with keep_last=1 there are then two), so a divergence cannot rotate the last good state out.
     keep_last: int = 3
 
 

@@ -353,25 +353,40 @@ class _Run:
                     "best.pt" if best else "checkpoint", self._newest_checkpoint())
         return False
 
-    def _streak_base(self) -> int | None:
-        """During a streak of skipped steps, the step whose state gave the first non-finite loss (the
-        weights have not moved since); None outside a streak."""
-        if self.position.nonfinite_in_a_row == 0:
-            return None
+    def _streak_base(self) -> int:
+        """The newest step whose state is not known to be bad: the current step outside a streak of
+        skipped steps; within one, the step whose state gave its first non-finite loss (the weights
+        have not moved since)."""
         return self.position.step - self.position.nonfinite_in_a_row
 
     def _before_streak(self) -> tuple[Path, ...]:
-        """The newest checkpoint older than the current streak's state: what keep-last-N must keep."""
+        """What keep-last-N must keep besides the checkpoint being written: the newest one whose next
+        step had a finite loss (older than :meth:`_streak_base`), the last state known to train on."""
         base = self._streak_base()
-        if base is None:
-            return ()
         older = [path for path in list_checkpoints(self.run_dir) if checkpoint_step(path) < base]
         return tuple(older[:1])
 
-    def _weights_finite(self) -> bool:
-        """Whether every parameter and buffer of the backbone and head is finite, on every rank."""
-        tensors = [*self.backbone.parameters(), *self.backbone.buffers(), *self.head.parameters(), *self.head.buffers()]
-        finite = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+    def _model_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{prefix}.{name}", tensor) for prefix, module in (("backbone", self.backbone), ("head", self.head))
+                for name, tensor in module.named_parameters() if tensor.numel()]
+
+    def _model_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{prefix}.{name}", tensor) for prefix, module in (("backbone", self.backbone), ("head", self.head))
+                for name, tensor in module.named_buffers() if tensor.is_floating_point() and tensor.numel()]
+
+    def _model_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        return [item for item in (*self._model_parameters(), *self._model_buffers()) if item[1].is_floating_point()]
+
+    def _state_finite(self) -> bool:
+        """Whether every parameter and buffer (BatchNorm statistics) of the backbone and head is finite, on
+        every rank. One fused max-abs reduction per step: a pass over the weights, as the optimizer makes."""
+        tensors = [tensor for _, tensor in self._model_tensors()]
+        with torch.no_grad():
+            try:
+                peaks = torch._foreach_norm(tensors, float("inf"))
+            except (AttributeError, RuntimeError, TypeError):  # an older PyTorch or an unsupported dtype
+                peaks = [tensor.abs().max() for tensor in tensors]
+            finite = bool(torch.isfinite(torch.stack([peak.float() for peak in peaks])).all())
         return self._all_ranks(finite)
 
     # ------------------------------------------------------------------ evaluation
@@ -490,13 +505,13 @@ class _Run:
             partial.unlink(missing_ok=True)
             raise
 
-    def _set_aside_streak(self) -> str:
-        """Before stopping on a streak: set aside the checkpoints of its states (from the one that gave the
-        first non-finite loss on), which would give it again on resume; returns how to go on."""
-        base = self._streak_base()
-        if self.context.is_main and base is not None:
+    def _set_aside_from(self, first_suspect: int) -> str:
+        """Before stopping on a divergence: set aside the checkpoints of steps >= ``first_suspect`` (the
+        state whose forward or update went non-finite, and later ones): resuming from them would
+        diverge again. Returns how to go on."""
+        if self.context.is_main:
             for path in list_checkpoints(self.run_dir):
-                if checkpoint_step(path) >= base:
+                if checkpoint_step(path) >= first_suspect:
                     set_aside(path, "diverged")
         self.context.barrier()
         found = list_checkpoints(self.run_dir)
@@ -504,18 +519,28 @@ class _Run:
             return "no checkpoint of this run predates the divergence: start again with a lower optim.lr"
         return f"the newest checkpoint before the divergence is {found[0]}: --resume {self.run_dir} continues from it"
 
-    def _stop_nonfinite(self, in_a_row: int) -> None:
-        """Raise TrainingError when the streak of skipped steps cannot end well."""
+    def _check_divergence(self) -> None:
+        """After each step: raise TrainingError when training cannot go on well (non-finite weights or
+        statistics, or too many skipped steps in a row), first setting aside the checkpoints that led there."""
         position = self.position
-        if not self._weights_finite():
+        if not self._state_finite():
+            names = [(name, is_buffer) for is_buffer, module_tensors in ((False, self._model_parameters()), (True, self._model_buffers()))
+                     for name, tensor in module_tensors if not bool(torch.isfinite(tensor).all())]
+            shown = ", ".join(name for name, _ in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            # A skipped step, or BatchNorm statistics gone non-finite, mean the forward pass of the state
+            # before them overflowed: a resume from that state would do it again. Weights alone gone
+            # non-finite after a finite loss mean the update overflowed: the state before it is good.
+            forward_broke = position.nonfinite_in_a_row > 0 or self._any_rank(any(is_buffer for _, is_buffer in names))
+            suspect = position.step - max(position.nonfinite_in_a_row, 1) if forward_broke else position.step
             raise TrainingError(
-                f"step {position.step}: the weights are no longer finite (an earlier step diverged), so every later step would be "
-                f"skipped; {self._set_aside_streak()} (with a lower optim.lr, e.g. --set optim.lr=...)"
+                f"step {position.step}: the model is no longer finite ({shown or 'on another process'}): training diverged; "
+                f"{self._set_aside_from(suspect)} with a lower optim.lr (e.g. --set optim.lr=...)"
             )
-        if in_a_row >= self.config.precision.max_nonfinite_in_a_row:
+        if position.nonfinite_in_a_row >= self.config.precision.max_nonfinite_in_a_row:
             raise TrainingError(
-                f"the loss was non-finite for {in_a_row} steps in a row (step {position.step}); "
-                f"lower optim.lr, use precision.autocast=bf16 instead of fp16, or check the data; {self._set_aside_streak()}"
+                f"the loss was non-finite for {position.nonfinite_in_a_row} steps in a row (step {position.step}); "
+                f"lower optim.lr, use precision.autocast=bf16 instead of fp16, or check the data; "
+                f"{self._set_aside_from(self._streak_base())}"
             )
 
     def run(self) -> dict:
@@ -582,7 +607,7 @@ class _Run:
                         position.nonfinite_skipped += 1
                         log.warning("step %d: non-finite loss (%s); step skipped (%d in a row, %d in all)", position.step, loss,
                                     position.nonfinite_in_a_row, position.nonfinite_skipped)
-                        self._stop_nonfinite(position.nonfinite_in_a_row)
+                    self._check_divergence()
                     bar.update(seconds if by_time else 1)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_step / seconds:.1f}", epoch=position.epoch)
                     if metrics is not None and (position.step % config.log_every == 0 or position.step == 1):
@@ -626,6 +651,9 @@ class _Run:
         if context.is_main:
             self._write_text("summary.json", json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n")
         return summary
+
+    def _any_rank(self, flag: bool) -> bool:
+        return not self._all_ranks(not flag)
 
     def _all_ranks(self, flag: bool) -> bool:
         if not self.context.distributed:
