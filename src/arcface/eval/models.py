@@ -170,7 +170,10 @@ def _load_torch_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise DataError(f"{path}: cannot read it as a PyTorch file ({type(error).__name__}: {error}); truncated or not a model") from None
+        from ..train.checkpoint import load_refusal  # torch's message advises weights_only=False: never repeat that
+
+        raise DataError(f"{path}: cannot read it as a PyTorch file ({type(error).__name__}: {load_refusal(error, 'unreadable')}); "
+                        "truncated, not a model, or holding objects other than tensors (refused)") from None
 
 
 def load_face_model(
