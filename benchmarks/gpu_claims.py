@@ -507,21 +507,20 @@ def worker(spec_path: Path) -> int:
     marker = run / "settings.json"  # what the run's checkpoints were trained for
     if list_checkpoints(run) and marker.is_file() and json.loads(marker.read_text()) == spec["settings"]:
         log.info("resuming %s", run)
-        start = lambda: train(None, run, resume=True, fallback=True, overrides=loading)  # noqa: E731
+        start = lambda callbacks: train(None, run, resume=True, fallback=True, overrides=loading, callbacks=callbacks)  # noqa: E731
     else:
         shutil.rmtree(run, ignore_errors=True)
         write_json(marker, spec["settings"])
-        start = lambda: train(config, run)  # noqa: E731
+        start = lambda callbacks: train(config, run, callbacks=callbacks)  # noqa: E731
     if spec["attack"]:
-        from robust_finetune import perturbation, perturbed_steps, recalibrate_newest_checkpoint
+        from robust_finetune import perturbation, perturbing_callback, recalibrate_newest_checkpoint
 
         # robust_finetune's default seed; a resumed run draws other radii after its checkpoint (not bit-exact)
         change = perturbation("adversarial", spec["attack"], torch.Generator().manual_seed(123))
-        with perturbed_steps(change):
-            summary = start()
+        summary = start([perturbing_callback(change)])
         recalibrate_newest_checkpoint(run, config, spec["calibration_batches"], device)
     else:
-        summary = start()
+        summary = start([])
     checkpoint = list_checkpoints(run)[0]
     model, info = load_face_model(str(checkpoint))
     options = EvalOptions(align="none", device=device, workers=min(2, spec["workers"]), progress=False)

@@ -30,7 +30,6 @@ the statistics of training. Prints the training loop's pairsDevTest accuracy at 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 from pathlib import Path
 
@@ -80,7 +79,7 @@ def perturbation(kind: str, strength: float, generator: torch.Generator, attack_
 
         def margin_loss(moved):
             with torch.autocast(run.device.type, dtype=run.autocast_dtype or torch.float32, enabled=run.autocast_dtype is not None):
-                embeddings = run._forward(moved)
+                embeddings = run.forward(moved)
             return run.head(embeddings, labels)
 
         lengths = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * strength
@@ -104,19 +103,14 @@ def recalibrate_batchnorm(backbone: torch.nn.Module, dataset, batches: int, batc
             backbone(images.to(device).contiguous(memory_format=torch.channels_last))
 
 
-@contextlib.contextmanager
-def perturbed_steps(change):
-    """Inside the block, every training step of ``loop.train`` trains on ``change(run, images, labels)``."""
-    plain_step = loop._Run._micro_step
+def perturbing_callback(change) -> loop.TrainCallback:
+    """A training callback under which every step of ``loop.train`` trains on ``change(run, images, labels)``."""
 
-    def perturbed_step(self, images, labels, last_in_window):
-        return plain_step(self, change(self, images, labels), labels, last_in_window)
+    class Perturb(loop.TrainCallback):
+        def on_micro_batch(self, run, images, labels):
+            return change(run, images, labels)
 
-    loop._Run._micro_step = perturbed_step
-    try:
-        yield
-    finally:
-        loop._Run._micro_step = plain_step
+    return Perturb()
 
 
 def recalibrate_newest_checkpoint(run_dir, config, batches: int, device: str = "cpu") -> Path:
@@ -164,8 +158,7 @@ def main() -> None:
     ])
     change = perturbation("noise" if args.noise is not None else "adversarial", strength, torch.Generator().manual_seed(args.seed),
                           args.attack_steps)
-    with perturbed_steps(change):
-        summary = loop.train(config, args.out)
+    summary = loop.train(config, args.out, callbacks=[perturbing_callback(change)])
     path = recalibrate_newest_checkpoint(args.out, config, args.calibration_batches)
     log.info("BatchNorm statistics re-estimated on %d clean batches, written to %s", args.calibration_batches, path)
     if summary["best_accuracy"] is not None:  # a run trained without evaluation (eval.pairs null) has none

@@ -6,6 +6,7 @@ another command's helpers.
 from __future__ import annotations
 
 import argparse
+import re
 import copy
 import json
 import sys
@@ -101,6 +102,8 @@ def device(requested: str) -> str:
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested != "cpu" and not re.fullmatch(r"cuda(:\d+)?", requested):
+        raise CommandError(f"--device {requested}: expected auto, cpu, cuda or cuda:N")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError("--device cuda but no CUDA device is available; use --device cpu")
     return requested

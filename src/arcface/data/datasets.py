@@ -4,14 +4,20 @@ Sources: an image folder (``root/<identity>/<image>``), a list file (``path labe
 RecordIO ``.rec`` (insightface or plain im2rec layout), or synthetic random images. Decoding uses
 OpenCV (faster than PIL for small JPEGs); images are returned RGB, normalized as (x/255 - 0.5)/0.5.
 
-A corrupt image raises :class:`DataError` naming the file (or record key). With ``skip_bad=True``
-the dataset logs it, counts it in ``skipped``, and returns the next readable sample instead, so a
-long run is not stopped by one bad file and nothing is dropped silently.
+A corrupt image, or one that is not the aligned 112x112 crop the backbones take (a 1x1 thumbnail, a
+10000x10000 photo: its size is read from the header, before decoding), raises :class:`DataError`
+naming the file (or record key). With ``skip_bad=True`` the dataset logs it, counts it in
+``skipped``, and returns the next readable sample instead, so a long run is not stopped by one bad
+file and nothing is dropped silently. Labels are integers in 0..2**24-1 (float32 holds them
+exactly, as insightface's .rec stores them); ids without images are warned about, since the head
+still gives each a class center.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,10 +25,12 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..input_spec import DEFAULT_INPUT_SPEC, InputSpec
 from .errors import DataError
+from .recordio import _FLOAT32_EXACT
 
 __all__ = [
     "FaceTransform",
@@ -34,6 +42,8 @@ __all__ = [
     "SyntheticDataset",
     "build_dataset",
     "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
+    "MAX_CLASSES",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,6 +51,30 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # Skipping a bad sample tries the following ones; this many bad samples in a row is not "a few".
 _MAX_CONSECUTIVE_BAD = 100
+# (height, width) of the aligned faces every backbone takes (arcface.backbones.common.INPUT_SIZE).
+IMAGE_SIZE = (112, 112)
+# Class ids are below this: float32 .rec labels are exact up to it, and a head of that many centers
+# is already 32 GB at 512-D.
+MAX_CLASSES = _FLOAT32_EXACT
+_LABEL = re.compile(r"[0-9]+")
+
+
+def encoded_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from an encoded image's header without decoding it; None when PIL cannot tell."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return height, width
+
+
+def _check_size(height: int, width: int, expected: tuple[int, int], source: str) -> None:
+    if (height, width) != tuple(expected):
+        raise DataError(
+            f"{source}: image is {width}x{height}, training takes aligned {expected[1]}x{expected[0]} faces "
+            f"(align and crop with `arcface data align`, or remove the file)"
+        )
 
 
 def decode_image(data: bytes, source: str) -> np.ndarray:
@@ -79,9 +113,13 @@ class FaceDataset(Dataset):
 
     labels: list[int]
 
-    def __init__(self, transform: Callable[[np.ndarray], torch.Tensor] | None = None, skip_bad: bool = False):
+    def __init__(self, transform: Callable[[np.ndarray], torch.Tensor] | None = None, skip_bad: bool = False,
+                 image_size: tuple[int, int] | None = IMAGE_SIZE):
+        """``image_size``: the (height, width) every image must have (DataError naming the file otherwise);
+        None accepts any size (then the transform must make them equal for batching)."""
         self.transform = transform if transform is not None else FaceTransform()
         self.skip_bad = skip_bad
+        self.image_size = tuple(image_size) if image_size is not None else None
         self.skipped = 0
 
     @property
@@ -95,9 +133,22 @@ class FaceDataset(Dataset):
         """Sample ``index``'s image file bytes as stored (JPEG/PNG), not decoded."""
         return self._encoded(index)[0]
 
+    def _warn_label_gaps(self, source: str) -> None:
+        used = len(set(self.labels))
+        if used < self.num_classes:
+            missing = sorted(set(range(self.num_classes)) - set(self.labels))
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            log.warning("%s: %d class ids have no image (%s) among 0..%d; the head still gets a center for each: "
+                        "renumber the labels to 0..C-1 to train only the %d used", source, len(missing), shown, self.num_classes - 1, used)
+
     def _load(self, index: int) -> tuple[torch.Tensor, int]:
         data, source = self._encoded(index)
-        return self.transform(decode_image(data, source)), self.labels[index]
+        if self.image_size is not None and (size := encoded_size(data)) is not None:
+            _check_size(*size, self.image_size, source)  # before decoding: a huge image is refused, not decoded
+        image = decode_image(data, source)
+        if self.image_size is not None:
+            _check_size(*image.shape[:2], self.image_size, source)
+        return self.transform(image), self.labels[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if not self.skip_bad:
@@ -145,12 +196,15 @@ class ListDataset(_FileDataset):
             if not line or line.startswith("#"):
                 continue
             path, _, label = line.rpartition("\t" if "\t" in line else " ")
-            if not path.strip() or not label.strip().isdigit():
+            if not path.strip() or not _LABEL.fullmatch(label.strip()):
                 raise DataError(f"{list_file}:{number}: expected 'path label' with an integer label >= 0, got {line!r}")
+            if int(label) >= MAX_CLASSES:
+                raise DataError(f"{list_file}:{number}: label {label.strip()} is not a class id (0..{MAX_CLASSES - 1}); labels number the classes 0..C-1")
             self.paths.append(self.root / path.strip())
             self.labels.append(int(label))
         if not self.paths:
             raise DataError(f"{list_file}: no samples listed")
+        self._warn_label_gaps(str(list_file))
 
 
 class ImageFolderDataset(_FileDataset):
@@ -193,6 +247,7 @@ class RecordDataset(FaceDataset):
         self.keys = list(self.records.image_keys)
         self.labels = list(self.records.labels)
         self._num_classes = self.records.num_classes
+        self._warn_label_gaps(str(self.records.rec_path))
 
     @property
     def num_classes(self) -> int:

@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 def _class_of(header: RecordHeader, source: str) -> int:
     """The class id a face image record carries: its label, or the first of several."""
     value = header.first_label
-    if not value.is_integer() or value < 0:
-        raise DataError(f"{source}: label {value} is not a class id (a non-negative integer)")
+    if not value.is_integer() or value < 0 or value >= _FLOAT32_EXACT:
+        raise DataError(f"{source}: label {value:g} is not a class id (an integer in 0..{_FLOAT32_EXACT - 1})")
     return int(value)
 
 
@@ -115,7 +115,7 @@ class FaceRecordFile:
         if header.flag < 2:
             return None
         a, b = header.label[0], header.label[1]
-        if not (a.is_integer() and b.is_integer() and 1 <= a <= b):
+        if not (a.is_integer() and b.is_integer() and 1 <= a <= b <= _FLOAT32_EXACT + 1):
             logger.info("%s: record 0 has labels %s, not a header record; reading as im2rec",
                         self.rec_path, header.label)
             return None
@@ -249,8 +249,8 @@ def _as_class_id(label: object, where: str) -> int:
         value = int(label)
     else:
         raise DataError(f"{where} has label {label!r}, not a class id (a non-negative integer)")
-    if value < 0:
-        raise DataError(f"{where} has label {value}, not a class id (a non-negative integer)")
+    if value < 0 or value >= _FLOAT32_EXACT:
+        raise DataError(f"{where} has label {value}, not a class id (an integer in 0..{_FLOAT32_EXACT - 1})")
     return value
 
 
@@ -323,8 +323,12 @@ def _write_face_layout(
 
 def _write_property(path: Path, num_classes: int, height: int, width: int) -> None:
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(f"{num_classes},{height},{width}", encoding="ascii")
-    os.replace(partial, path)
+    try:
+        partial.write_text(f"{num_classes},{height},{width}", encoding="ascii")
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_face_records(

@@ -12,13 +12,16 @@ LFW ships its protocols as small text files, and other sets copy the format:
 Image numbers map to ``Name/Name_0004.jpg`` paths, relative to the image root. Our own format,
 written by :func:`write_pairs`, is a TSV ``left, right, same, fold`` under a ``# arcface pairs v1``
 header, so that pairs of any origin (a .bin unpacked to files, a custom set) have one plain form.
-Every problem in a file is a :class:`DataError` naming the file and the line.
+Every problem in a file is a :class:`DataError` naming the file and the line. Image paths stay
+inside the image root: an absolute path or a ``..`` step (``../../etc/passwd``) is refused unless the
+caller passes ``allow_outside=True``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -106,7 +109,9 @@ def image_path(name: str, number: int, ext: str = ".jpg") -> str:
     return f"{name}/{name}_{number:04d}{ext}"
 
 
-def read_pairs(path: str | os.PathLike, image_root: str | os.PathLike | None = None, ext: str = ".jpg") -> list[Pair]:
+def read_pairs(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, ext: str = ".jpg", allow_outside: bool = False
+) -> list[Pair]:
     """Read LFW pairs (View 1 or View 2) or our ``# arcface pairs v1`` TSV, in file order.
 
     Args:
@@ -114,6 +119,9 @@ def read_pairs(path: str | os.PathLike, image_root: str | os.PathLike | None = N
         image_root: when given, every image the pairs name must exist under it (DataError otherwise,
             with how many are missing and the first few).
         ext: file extension of LFW image names (ignored for the TSV format, which holds full paths).
+        allow_outside: accept absolute image paths and ``..`` steps (a pairs file of one's own that
+            names images elsewhere); by default they are a DataError naming the line, so a pairs file
+            from elsewhere reads nothing outside the image root.
 
     Returns:
         The pairs; View 2 pairs carry their fold (0-based), View 1 pairs fold 0.
@@ -124,16 +132,26 @@ def read_pairs(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     if first is None:
         raise DataError(f"{path}: the file is empty, expected a pairs header")
     if first.strip() == PAIRS_HEADER:
-        pairs = _parse_tsv_pairs(path, lines)
+        pairs = _parse_tsv_pairs(path, lines, allow_outside)
     else:
-        pairs = _parse_lfw_pairs(path, _fields(lines), ext)
+        pairs = _parse_lfw_pairs(path, _fields(lines), ext, allow_outside)
     logger.debug("read %d pairs from %s", len(pairs), path)
     if image_root is not None:
         check_images_exist(pairs, image_root, source=path)
     return pairs
 
 
-def _parse_lfw_pairs(path: Path, lines: list[tuple[int, list[str]]], ext: str) -> list[Pair]:
+def _inside(path: Path, number: int, name: str, allow_outside: bool) -> str:
+    """``name`` unless it leaves the image root (absolute, or a ``..`` step) and that is not allowed."""
+    if not allow_outside:
+        absolute = posixpath.isabs(name) or os.path.isabs(name) or bool(os.path.splitdrive(name)[0])
+        if absolute or ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{path}: line {number}: image path {name!r} leaves the image root (absolute or '..'); "
+                            f"pairs name images relative to it")
+    return name
+
+
+def _parse_lfw_pairs(path: Path, lines: list[tuple[int, list[str]]], ext: str, allow_outside: bool = False) -> list[Pair]:
     number, header = lines[0]
     if len(header) == 1:  # View 1: N matched then N mismatched, no folds
         folds, per_class = 1, _count(path, number, header[0], "the pair count")
@@ -161,7 +179,10 @@ def _parse_lfw_pairs(path: Path, lines: list[tuple[int, list[str]]], ext: str) -
     pairs = []
     for index, (line_number, fields) in enumerate(body):
         fold, position = divmod(index, 2 * per_class)
-        pairs.append(_parse_lfw_pair(path, line_number, fields, same=position < per_class, fold=fold, ext=ext))
+        pair = _parse_lfw_pair(path, line_number, fields, same=position < per_class, fold=fold, ext=ext)
+        _inside(path, line_number, pair.left, allow_outside)
+        _inside(path, line_number, pair.right, allow_outside)
+        pairs.append(pair)
     return pairs
 
 
@@ -187,7 +208,7 @@ def _parse_lfw_pair(path: Path, number: int, fields: list[str], same: bool, fold
     return Pair(left, right, same, fold)
 
 
-def _parse_tsv_pairs(path: Path, lines: list[str]) -> list[Pair]:
+def _parse_tsv_pairs(path: Path, lines: list[str], allow_outside: bool = False) -> list[Pair]:
     pairs = []
     header_seen = False
     for number, line in enumerate(lines, 1):
@@ -204,6 +225,8 @@ def _parse_tsv_pairs(path: Path, lines: list[str]) -> list[Pair]:
         left, right, same, fold = fields
         if not left or not right:
             raise DataError(f"{path}: line {number}: an image path is empty")
+        _inside(path, number, left, allow_outside)
+        _inside(path, number, right, allow_outside)
         same_flag = {"1": True, "0": False, "true": True, "false": False}.get(same.strip().lower())
         if same_flag is None:
             raise DataError(f"{path}: line {number}: 'same' must be 1 or 0, got {same!r}")

@@ -452,23 +452,30 @@ class RecordWriter:
         """Finish: write the index, then move both files to their final names."""
         if self._handle is None:
             return
-        handle, self._handle = self._handle, None
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
-        with open(self._idx_partial, "w", encoding="ascii") as index:
-            index.writelines(f"{key}\t{offset}\n" for key, offset in self._offsets.items())
-        # Remove a stale index first: a new .rec beside an old .idx would read wrong records.
-        self.idx_path.unlink(missing_ok=True)
-        os.replace(self._rec_partial, self.rec_path)
-        os.replace(self._idx_partial, self.idx_path)
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            handle, self._handle = self._handle, None
+            handle.close()
+            with open(self._idx_partial, "w", encoding="ascii") as index:
+                index.writelines(f"{key}\t{offset}\n" for key, offset in self._offsets.items())
+            # Remove a stale index first: a new .rec beside an old .idx would read wrong records.
+            self.idx_path.unlink(missing_ok=True)
+            os.replace(self._rec_partial, self.rec_path)
+            os.replace(self._idx_partial, self.idx_path)
+        except OSError:
+            self.abort()  # e.g. a full disk: no partial file stays behind
+            raise
         logger.debug("wrote %d records to %s", len(self._offsets), self.rec_path)
 
     def abort(self) -> None:
         """Stop without producing output: delete the partial files."""
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError:  # flushing the buffer onto a full disk fails again; the file goes anyway
+                pass
         self._rec_partial.unlink(missing_ok=True)
         self._idx_partial.unlink(missing_ok=True)
 

@@ -1,7 +1,13 @@
-"""``arcface data unpack``: a ``.rec`` or a ``.bin`` back into plain files, bytes unchanged."""
+"""``arcface data unpack``: a ``.rec`` or a ``.bin`` back into plain files, bytes unchanged.
+
+:func:`unpack` writes ``OUT_DIR/unpack_complete.json`` (the source and the counts) last, and removes
+an old one first: a folder without it is an unpack that did not finish (killed, disk full).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -9,7 +15,9 @@ from tqdm import tqdm
 from .errors import DataError
 from .pack import sniff_extension
 
-__all__ = ["unpack", "unpack_bin"]
+__all__ = ["unpack", "unpack_bin", "COMPLETE_MARKER"]
+
+COMPLETE_MARKER = "unpack_complete.json"
 
 
 def unpack_bin(bin_path: str | Path, out_dir: str | Path) -> dict:
@@ -36,14 +44,22 @@ def unpack_bin(bin_path: str | Path, out_dir: str | Path) -> dict:
 
 
 def unpack(source: str | Path, out_dir: str | Path) -> dict:
-    """Dispatch on the suffix: ``.rec`` (RecordIO) or ``.bin`` (verification set)."""
+    """Dispatch on the suffix: ``.rec`` (RecordIO) or ``.bin`` (verification set); then the completion marker."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: file not found")
+    if source.suffix not in (".rec", ".bin"):
+        raise DataError(f"{source}: cannot unpack this file type (expected a .rec or a .bin)")
+    out_dir = Path(out_dir)
+    marker = out_dir / COMPLETE_MARKER
+    marker.unlink(missing_ok=True)  # the folder is incomplete from now until the new marker
     if source.suffix == ".rec":
         from .pack import unpack_records
 
-        return unpack_records(source, out_dir)
-    if source.suffix == ".bin":
-        return unpack_bin(source, out_dir)
-    raise DataError(f"{source}: cannot unpack this file type (expected a .rec or a .bin)")
+        counts = unpack_records(source, out_dir)
+    else:
+        counts = unpack_bin(source, out_dir)
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(json.dumps({"source": str(source), **counts}, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, marker)
+    return counts

@@ -2,7 +2,8 @@
 
 One ``.npz`` file per (model, preprocessing) key holds image names, their raw flip-summed embeddings
 and how each image was prepared. A later run with the same key embeds only the images it lacks.
-Writes are atomic (temporary file + rename), so an interrupted run never leaves a broken cache.
+Writes are atomic (temporary file + rename), so an interrupted run never leaves a broken cache, and
+a cache that cannot be written (read-only folder, full disk) is a warning, not a lost evaluation.
 """
 
 from __future__ import annotations
@@ -77,9 +78,21 @@ class EmbeddingCache:
         rows = np.array([self._index[name] for name in names], dtype=np.int64)
         return self.embeddings[rows], self.preps[rows]
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self) -> bool:
+        """Write the cache; False (with a warning, the temporary file removed) when it cannot be written:
+        a cache is only a speed-up, so an unwritable one must not cost the results it was computed with."""
         temporary = self.path.with_suffix(".tmp.npz")
-        np.savez(temporary, names=np.array(self.names, dtype=str), embeddings=self.embeddings, preps=self.preps)
-        os.replace(temporary, self.path)
-        self.path.with_suffix(".json").write_text(json.dumps(self.settings, indent=2, default=str) + "\n", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(temporary, names=np.array(self.names, dtype=str), embeddings=self.embeddings, preps=self.preps)
+            os.replace(temporary, self.path)
+            self.path.with_suffix(".json").write_text(json.dumps(self.settings, indent=2, default=str) + "\n", encoding="utf-8")
+        except OSError as error:
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass
+            logger.warning("embedding cache not written (%s: %s); the results are not affected, the next run embeds again",
+                           error.filename or self.path, error.strerror or error)
+            return False
+        return True

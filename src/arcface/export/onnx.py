@@ -94,14 +94,14 @@ def export_onnx(
     temporary = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, FACE_SIZE, FACE_SIZE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks: they add no graph nodes
-        torch.onnx.export(
-            model, example, str(temporary), input_names=["input"], output_names=["embeddings"],
-            dynamic_axes={"input": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=opset, dynamo=False,
-        )
     nodes_before = None
-    try:
+    try:  # from the first byte written: a failure (a full disk included) leaves no temporary file
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks: they add no graph nodes
+            torch.onnx.export(
+                model, example, str(temporary), input_names=["input"], output_names=["embeddings"],
+                dynamic_axes={"input": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=opset, dynamo=False,
+            )
         if simplify:
             nodes_before = _node_count(temporary)
             simplified = path.with_name(path.name + ".simplified.tmp")
@@ -133,10 +133,10 @@ def export_onnx(
         del session
         props = {**spec.to_metadata(), "arcface.embedding_size": str(int(expected.shape[1])), **(metadata or {})}
         append_onnx_metadata(temporary, props)
+        os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    os.replace(temporary, path)
     report = {
         "onnx": str(path), "opset": opset, "bytes": path.stat().st_size, "embedding_size": int(expected.shape[1]),
         "max_abs_diff": max(per_batch.values()), "per_batch": per_batch, "ort_images_per_s": throughput,

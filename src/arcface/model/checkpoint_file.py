@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -23,6 +24,8 @@ __all__ = [
     "CheckpointError",
     "atomic_torch_save",
     "checkpoint_input_spec",
+    "checkpoint_step",
+    "load_refusal",
     "list_checkpoints",
     "load_checkpoint",
     "load_checkpoint_or_run",
@@ -50,18 +53,29 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def atomic_torch_save(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` so that ``path`` is always either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` to ``path`` so that ``path`` is always either the old file or the complete new one.
+
+    Raises:
+        CheckpointError: the write failed (a full disk, a read-only folder); the temporary file is
+            removed and ``path`` is untouched.
+    """
+    path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as a RuntimeError
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0] if str(error) else type(error).__name__
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        raise CheckpointError(f"{path}: cannot write ({reason}); {kept}") from error
     _fsync_directory(path.parent)
 
 
@@ -74,6 +88,22 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a ``step_XXXXXXXX.pt`` name."""
+    match = _STEP_FILE.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path}: not a step_*.pt checkpoint name")
+    return int(match.group(1))
+
+
+def load_refusal(error: Exception, default: str = "the file holds objects that are not tensors or plain values") -> str:
+    """The first line of a ``torch.load(weights_only=True)`` error without its advice to retry with
+    ``weights_only=False`` (which would run the file's code)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    kept = [line for line in lines if not re.search(r"weights_only|weights only load failed|torch\.load|pytorch\.org", line, re.IGNORECASE)]
+    return kept[0].rstrip(".") if kept else default
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load one checkpoint; CheckpointError if it is missing, truncated or not ours."""
     path = Path(path)
@@ -82,9 +112,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
-        # Never repeat torch's advice to retry with weights_only=False: that would run code from the file.
-        reason = str(error).split("\n", 1)[0]
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(error).__name__}: {reason}); the file is truncated or corrupt, or not a plain checkpoint") from None
+        if isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower():
+            raise CheckpointError(f"{path}: refused: {load_refusal(error)}; a checkpoint holds tensors and plain values only, "
+                                  "this file asks to run code or build other objects (not loaded)") from None
+        reason = load_refusal(error, default="unreadable")
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(error).__name__}: {reason}); the file is truncated or corrupt") from error
     if not isinstance(state, dict) or "config" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not an arcface training checkpoint (no config/step)")
     return state

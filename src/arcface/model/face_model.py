@@ -26,7 +26,7 @@ from ..backbones import from_insightface
 from ..data.errors import DataError
 from ..input_spec import DEFAULT_INPUT_SPEC, InputSpec
 from .build import backbone_from_state
-from .checkpoint_file import checkpoint_input_spec, list_checkpoints
+from .checkpoint_file import checkpoint_input_spec, list_checkpoints, load_refusal
 from .onnx_file import OnnxFaceModel, read_onnx_metadata
 
 __all__ = ["ModelInfo", "SpecAdapter", "load_face_model", "file_fingerprint"]
@@ -92,9 +92,9 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 def _load_torch_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = str(error).split("\n", 1)[0]
-        raise DataError(f"{path}: cannot read it as a PyTorch file ({type(error).__name__}: {reason}); truncated or not a model") from None
+    except Exception as error:  # torch's message advises weights_only=False: never repeat that
+        raise DataError(f"{path}: cannot read it as a PyTorch file ({type(error).__name__}: {load_refusal(error, 'unreadable')}); "
+                        "truncated, not a model, or holding objects other than tensors (refused)") from None
 
 
 def _onnx_spec(path: Path, input_mean: float | None, input_std: float | None, input_layout: str, bgr: bool | None) -> tuple[InputSpec, bool]:

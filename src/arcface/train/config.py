@@ -7,6 +7,7 @@ alone says how it was made.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ class PrecisionConfig:
 class CheckpointConfig:
     every_steps: int = 500  # 0 disables step-based checkpoints
     every_minutes: float = 10.0  # 0 disables time-based checkpoints
+    # Checkpoints kept; besides them, the newest one whose next step had a finite loss is never deleted
+    # (with keep_last=1 there are then two), so a divergence cannot rotate the last good state out.
     keep_last: int = 3
 
 
@@ -140,28 +143,75 @@ class TrainConfig:
     log_every: int = 10  # steps between metric lines
 
     def validate(self) -> None:
+        """Raise ConfigError naming the first bad key: every number finite, every value in its range."""
+        for key, value in _numbers(self):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+            if isinstance(value, int) and abs(value) >= 2**63:
+                raise ConfigError(f"{key}: {value} is out of range")
+        optim, schedule, head = self.optim, self.schedule, self.head
         checks = [
+            (bool(self.data.source.strip()), "data.source must name a dataset"),
             (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
             *self.data.augment.validate(),
-            (self.optim.name in ("sgd", "adamw"), f"optim.name must be sgd or adamw, got {self.optim.name!r}"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
-            (self.optim.accumulation >= 1, "optim.accumulation must be >= 1"),
-            (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0"),
-            (0 < self.head.sample_rate <= 1, "head.sample_rate must be in (0, 1]"),
-            (self.head.sub_centers is None or self.head.sub_centers >= 1, "head.sub_centers must be >= 1"),
-            (self.schedule.epochs > 0 or self.schedule.max_steps > 0 or self.schedule.time_budget_minutes > 0,
+            (self.model.embedding_size >= 1, "model.embedding_size must be >= 1"),
+            (0 <= self.model.dropout < 1, "model.dropout must be in [0, 1)"),
+            (optim.name in ("sgd", "adamw"), f"optim.name must be sgd or adamw, got {optim.name!r}"),
+            (optim.lr > 0, "optim.lr must be > 0"),
+            (0 <= optim.momentum < 1, "optim.momentum must be in [0, 1)"),
+            (optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (len(optim.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in optim.betas),
+             f"optim.betas must be two numbers in [0, 1), got {list(optim.betas)}"),
+            (optim.accumulation >= 1, "optim.accumulation must be >= 1"),
+            (optim.grad_clip >= 0, "optim.grad_clip must be >= 0"),
+            (head.scale is None or head.scale > 0, "head.scale must be > 0"),
+            (head.m1 is None or head.m1 > 0, "head.m1 must be > 0"),
+            (0 < head.sample_rate <= 1, "head.sample_rate must be in (0, 1]"),
+            (head.sub_centers is None or head.sub_centers >= 1, "head.sub_centers must be >= 1"),
+            (schedule.epochs >= 0, "schedule.epochs must be >= 0"),
+            (schedule.max_steps >= 0, "schedule.max_steps must be >= 0 (0: use schedule.epochs)"),
+            (schedule.time_budget_minutes >= 0, "schedule.time_budget_minutes must be >= 0"),
+            (schedule.epochs > 0 or schedule.max_steps > 0 or schedule.time_budget_minutes > 0,
              "one of schedule.epochs, schedule.max_steps, schedule.time_budget_minutes must be > 0"),
-            (0 <= self.schedule.warmup_fraction < 1, "schedule.warmup_fraction must be in [0, 1)"),
+            (0 <= schedule.warmup_fraction < 1, "schedule.warmup_fraction must be in [0, 1)"),
+            (schedule.power >= 0, "schedule.power must be >= 0"),
+            (schedule.stop_after_steps >= 0, "schedule.stop_after_steps must be >= 0 (0: no early stop)"),
             (self.precision.autocast in ("none", "bf16", "fp16"), f"precision.autocast must be none, bf16 or fp16, got {self.precision.autocast!r}"),
             (self.precision.max_nonfinite_in_a_row >= 1, "precision.max_nonfinite_in_a_row must be >= 1"),
+            (self.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0: no step-based checkpoints)"),
+            (self.checkpoint.every_minutes >= 0, "checkpoint.every_minutes must be >= 0 (0: no time-based checkpoints)"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0: only at the end)"),
+            (self.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
             ((self.eval.pairs is None) == (self.eval.images is None), "eval.pairs and eval.images go together"),
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.threads >= 0, "threads must be >= 0 (0: PyTorch's default)"),
+            (self.log_every >= 1, "log_every must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(value: Any, key: str = "") -> typing.Iterator[tuple[str, int | float]]:
+    """(dotted key, number) for every number in a config, nested sections, lists and option dicts included."""
+    if dataclasses.is_dataclass(value):
+        for item in dataclasses.fields(value):
+            yield from _numbers(getattr(value, item.name), f"{key}.{item.name}" if key else item.name)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _numbers(item, f"{key}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _numbers(item, f"{key}[{index}]")
+    elif _is_number(value):
+        yield key, value
 
 
 # ----------------------------------------------------------------------------- dict <-> dataclass

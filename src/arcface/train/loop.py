@@ -4,24 +4,34 @@
 (one JSON line per logged step and per evaluation), ``checkpoints/step_*.pt`` (atomic, keep-last-N),
 ``best.pt`` (best verification accuracy) and ``summary.json``. ``train(..., resume=True)`` continues
 from the newest checkpoint exactly where it stopped: same data order, flips, RNG and optimizer state.
+
+Nothing good is lost: one training at a time holds the run folder (an OS lock, see ``run_folder``); a
+checkpoint is written only when every weight, statistic and optimizer moment is finite, so keep-last-N
+never rotates the last good state out; the count of non-finite steps in a row travels in the
+checkpoint; a failed write (a full disk) stops the run with the previous checkpoint intact.
+``callbacks`` (:class:`TrainCallback`) see every micro-batch and every step, for variants of the
+loop (e.g. adversarial fine-tuning) that change the images without copying the loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 from tqdm import tqdm
 
 from .. import __version__
@@ -29,10 +39,20 @@ from ..backbones import create_backbone
 from ..data.datasets import FaceTransform, build_dataset
 from ..input_spec import DEFAULT_INPUT_SPEC
 from ..heads.partial_fc import PartialFCHead
-from .checkpoint import atomic_torch_save, initial_backbone_weights, load_latest, save_checkpoint
-from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict
+from .checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    checkpoint_step,
+    initial_backbone_weights,
+    list_checkpoints,
+    load_latest,
+    nonfinite_tensors,
+    save_checkpoint,
+    set_aside,
+)
+from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, config_to_dict
 from .distributed import DistributedContext
-from .metrics import MetricsLog
+from .metrics import MetricsLog, strict_json
 from .head_state import (
     build_training_head,
     head_full_state,
@@ -40,16 +60,21 @@ from .head_state import (
     load_optimizer_full_state,
     optimizer_full_state,
 )
+from .run_folder import RunFolderError, RunFolderLock, check_new_run_folder
 from .sampler import EpochSampler, FlipEncodedDataset
 from .schedule import lr_factor
 
-__all__ = ["train", "TrainingError"]
+__all__ = ["train", "TrainingError", "TrainCallback", "RESUME_FIXED_KEYS"]
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss stayed non-finite); the message says why and what to try."""
+
+
+# Settings a resume cannot change: the checkpoint's weights or optimizer state would not fit.
+RESUME_FIXED_KEYS = ("model.backbone", "model.embedding_size", "head.name", "head.sub_centers", "optim.name")
 
 
 @dataclass
@@ -59,23 +84,60 @@ class Position:
     batch_in_epoch: int = 0  # micro-batches of this epoch consumed
     elapsed: float = 0.0  # seconds of training (excluding evaluation and checkpointing)
     nonfinite_skipped: int = 0
+    nonfinite_in_a_row: int = 0  # the current streak of skipped steps (precision.max_nonfinite_in_a_row)
+    skipped_bad: int = 0  # unreadable samples replaced by the next one (data.skip_bad)
     best_accuracy: float = -1.0
     best_step: int = -1
 
 
+class TrainCallback:
+    """Hooks into the training loop; override what you need (the defaults change nothing).
+
+    ``run`` is the running trainer: ``run.config``, ``run.position``, ``run.device``,
+    ``run.memory_format``, ``run.autocast_dtype``, ``run.forward(images)`` (embeddings, compiled when
+    asked), ``run.head``.
+    """
+
+    def on_micro_batch(self, run: "_Run", images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The images to train on instead of ``images`` ((B, 3, H, W) as the loader gives them; labels (B,))."""
+        return images
+
+    def on_step(self, run: "_Run", record: dict) -> None:
+        """After each optimizer step: ``{"step", "loss", "lr", "finite"}`` (``finite``: the step was taken)."""
+
+
 def train(
-    config: TrainConfig | None, run_dir: str | Path, resume: bool = False, fallback: bool = False, overrides: list[str] | None = None
+    config: TrainConfig | None, run_dir: str | Path, resume: bool = False, fallback: bool = False, overrides: list[str] | None = None,
+    overwrite: bool = False, callbacks: Sequence[TrainCallback] = (),
 ) -> dict:
     """Train according to ``config`` into ``run_dir``; returns the summary (also in summary.json).
 
     With ``resume=True`` the config saved in the newest checkpoint is used, with ``overrides``
     (``key=value``) applied on top: changing the recipe there gives up bit-exact continuation, but
-    ``schedule.stop_after_steps``, ``checkpoint.*``, ``eval.*`` and ``data.num_workers`` are safe.
+    ``schedule.stop_after_steps``, ``checkpoint.*``, ``eval.*`` and ``data.num_workers`` are safe;
+    :data:`RESUME_FIXED_KEYS` cannot change. A new run refuses a folder holding another run unless
+    ``overwrite``. The folder is locked for the whole training (RunFolderError when another holds it).
     """
+    run_dir = Path(run_dir)
+    if resume and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run folder to resume")
     context = DistributedContext.from_environment(config.device if config is not None else "auto")
+    lock = RunFolderLock(run_dir)
     try:
-        return _Run(config, Path(run_dir), context, resume, fallback, overrides or []).run()
+        problem = None
+        if context.is_main:
+            try:
+                lock.acquire()
+                if not resume:
+                    check_new_run_folder(run_dir, overwrite)
+            except (RunFolderError, OSError) as error:
+                problem = str(error)
+        problem = context.broadcast_object(problem)  # every rank stops together
+        if problem is not None:
+            raise RunFolderError(problem)
+        return _Run(config, run_dir, context, resume, fallback, overrides or [], callbacks).run()
     finally:
+        lock.release()
         context.close()
 
 
@@ -97,15 +159,65 @@ def _build_dataset(config: TrainConfig):
     return build_dataset(source, **kwargs)
 
 
+class _CountingCollate:
+    """Batches ``(images (B, 3, H, W), labels (B,), skipped)``: ``skipped`` is how many unreadable samples
+    (data.skip_bad) this worker replaced since its previous batch, so the loop counts exactly the
+    skips of the batches it consumed, whichever process read them."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset  # used when batches are made in this process (num_workers=0)
+        self.reported = 0
+
+    def __call__(self, samples):
+        images, labels = default_collate(samples)
+        info = get_worker_info()
+        dataset = info.dataset.dataset if info is not None else self.dataset  # the worker's own copy
+        skipped = getattr(dataset, "skipped", 0)
+        delta, self.reported = skipped - self.reported, skipped
+        return images, labels, delta
+
+
+def _get(values: dict, key: str):
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
+
+
+def _resumed_config(saved: dict, overrides: list[str], run_dir: Path) -> TrainConfig:
+    """The checkpoint's config with ``overrides``; ConfigError naming a setting the weights cannot follow."""
+    config = config_from_dict(apply_overrides(json.loads(json.dumps(saved)), overrides))
+    resolved = config_to_dict(config)
+    defaults = config_to_dict(TrainConfig())
+    for key in RESUME_FIXED_KEYS:
+        before = _get(saved, key)
+        before = _get(defaults, key) if before is None else before  # a key the checkpoint's version did not write
+        after = _get(resolved, key)
+        if before != after:
+            raise ConfigError(
+                f"--resume {run_dir}: {key} is {before!r} in the checkpoint, {after!r} now; its weights and optimizer state "
+                f"cannot be carried over: keep {key}, or start a new run (another --out; model.init_from={run_dir} starts "
+                f"from its backbone)"
+            )
+    return config
+
+
 class _Run:
-    def __init__(self, config: TrainConfig | None, run_dir: Path, context: DistributedContext, resume: bool, fallback: bool, overrides: list[str]):
+    def __init__(self, config: TrainConfig | None, run_dir: Path, context: DistributedContext, resume: bool, fallback: bool, overrides: list[str],
+                 callbacks: Sequence[TrainCallback] = ()):
         self.run_dir, self.context = run_dir, context
         self.device = context.device
+        self.callbacks = list(callbacks)
+        self.resumed_step: int | None = None
         resumed = None
         if resume:
-            path, resumed = load_latest(run_dir, fallback)
+            path, resumed, passed_over = load_latest(run_dir, fallback)
             log.info("resuming from %s (step %d)", path, resumed["step"])
-            config = config_from_dict(apply_overrides(resumed["config"], overrides))
+            config = _resumed_config(resumed["config"], overrides, run_dir)
+            self.resumed_step = resumed["step"]
+            context.barrier()  # every rank has read its checkpoint before newer, unusable ones are moved
+            if context.is_main:
+                for skipped, reason in passed_over:
+                    set_aside(skipped, reason)
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -119,7 +231,7 @@ class _Run:
                                      encode_epoch=config.data.augment.enabled)
         self.loader = DataLoader(
             FlipEncodedDataset(self.dataset, config.data.augment, config.seed), batch_sampler=self.sampler, num_workers=config.data.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            pin_memory=self.device.type == "cuda", persistent_workers=False, collate_fn=_CountingCollate(self.dataset),
         )
         model = config.model
         backbone = create_backbone(
@@ -186,13 +298,19 @@ class _Run:
     def _restore(self, state: dict) -> None:
         if state["num_classes"] != self.num_classes:
             raise ValueError(f"the checkpoint has {state['num_classes']} classes, the dataset {self.num_classes}: not the same data")
-        self.backbone.load_state_dict(state["backbone"])
-        load_head_full_state(self.head, state["head"])
-        self.backbone_optimizer.load_state_dict(state["backbone_optimizer"])
-        load_optimizer_full_state(self.head_optimizer, self.head, state["head_optimizer"])
+        try:
+            self.backbone.load_state_dict(state["backbone"])
+            load_head_full_state(self.head, state["head"])
+            self.backbone_optimizer.load_state_dict(state["backbone_optimizer"])
+            load_optimizer_full_state(self.head_optimizer, self.head, state["head_optimizer"])
+        except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"--resume {self.run_dir}: the checkpoint does not fit this run's model, head or optimizer "
+                             f"({type(error).__name__}: {first}); resume with the settings it was made with") from error
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.position = Position(**state["position"])
+        known = {item.name for item in dataclasses.fields(Position)}
+        self.position = Position(**{key: value for key, value in state["position"].items() if key in known})
         same_layout = state["world_size"] == self.context.world_size
         if same_layout:
             torch.set_rng_state(state["rng"][self.context.rank])
@@ -202,12 +320,76 @@ class _Run:
             log.info("resuming %d processes from a checkpoint of %d: class centers re-split", self.context.world_size, state["world_size"])
             torch.manual_seed(self.config.seed * 7919 + 1 + self.context.rank + 104729 * self.position.step)
 
-    def _save(self) -> None:
+    def _newest_checkpoint(self) -> str:
+        found = list_checkpoints(self.run_dir)
+        return str(found[0]) if found else "none"
+
+    def _save(self, best: bool = False) -> bool:
+        """Write a checkpoint (or ``best.pt``) of the current state if all of it is finite; False when it is not.
+
+        CheckpointError (on every rank) when the write fails, e.g. on a full disk.
+        """
         state = self._state()
+        outcome = None
         if self.context.is_main:
-            path = save_checkpoint(state, self.run_dir, self.position.step, self.config.checkpoint.keep_last)
-            log.debug("saved %s", path)
-        self.context.barrier()
+            bad = nonfinite_tensors(state)
+            if bad:
+                outcome = f"nonfinite:{', '.join(bad[:3])}{' and %d more' % (len(bad) - 3) if len(bad) > 3 else ''}"
+            else:
+                try:
+                    if best:
+                        atomic_torch_save(state, self.run_dir / "best.pt")
+                    else:
+                        path = save_checkpoint(state, self.run_dir, self.position.step, self.config.checkpoint.keep_last,
+                                               protect=self._before_streak())
+                        log.debug("saved %s", path)
+                except CheckpointError as error:
+                    outcome = f"error:{error}"
+        outcome = self.context.broadcast_object(outcome)
+        if outcome is None:
+            return True
+        kind, _, detail = outcome.partition(":")
+        if kind == "error":
+            raise CheckpointError(f"{detail}; training stopped at step {self.position.step}, newest checkpoint: {self._newest_checkpoint()}")
+        log.warning("step %d: non-finite values in %s; %s not written (newest finite checkpoint: %s)", self.position.step, detail,
+                    "best.pt" if best else "checkpoint", self._newest_checkpoint())
+        return False
+
+    def _streak_base(self) -> int:
+        """The newest step whose state is not known to be bad: the current step outside a streak of
+        skipped steps; within one, the step whose state gave its first non-finite loss (the weights
+        have not moved since)."""
+        return self.position.step - self.position.nonfinite_in_a_row
+
+    def _before_streak(self) -> tuple[Path, ...]:
+        """What keep-last-N must keep besides the checkpoint being written: the newest one whose next
+        step had a finite loss (older than :meth:`_streak_base`), the last state known to train on."""
+        base = self._streak_base()
+        older = [path for path in list_checkpoints(self.run_dir) if checkpoint_step(path) < base]
+        return tuple(older[:1])
+
+    def _model_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{prefix}.{name}", tensor) for prefix, module in (("backbone", self.backbone), ("head", self.head))
+                for name, tensor in module.named_parameters() if tensor.numel()]
+
+    def _model_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{prefix}.{name}", tensor) for prefix, module in (("backbone", self.backbone), ("head", self.head))
+                for name, tensor in module.named_buffers() if tensor.is_floating_point() and tensor.numel()]
+
+    def _model_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        return [item for item in (*self._model_parameters(), *self._model_buffers()) if item[1].is_floating_point()]
+
+    def _state_finite(self) -> bool:
+        """Whether every parameter and buffer (BatchNorm statistics) of the backbone and head is finite, on
+        every rank. One fused max-abs reduction per step: a pass over the weights, as the optimizer makes."""
+        tensors = [tensor for _, tensor in self._model_tensors()]
+        with torch.no_grad():
+            try:
+                peaks = torch._foreach_norm(tensors, float("inf"))
+            except (AttributeError, RuntimeError, TypeError):  # an older PyTorch or an unsupported dtype
+                peaks = [tensor.abs().max() for tensor in tensors]
+            finite = bool(torch.isfinite(torch.stack([peak.float() for peak in peaks])).all())
+        return self._all_ranks(finite)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self) -> dict | None:
@@ -233,11 +415,10 @@ class _Run:
         results = self.context.broadcast_object(results)
         accuracy = sum(results.values()) / len(results)
         if accuracy > self.position.best_accuracy:
+            previous = self.position.best_accuracy, self.position.best_step
             self.position.best_accuracy, self.position.best_step = accuracy, self.position.step
-            state = self._state()
-            if self.context.is_main:
-                atomic_torch_save(state, self.run_dir / "best.pt")
-            self.context.barrier()
+            if not self._save(best=True):
+                self.position.best_accuracy, self.position.best_step = previous
         return {"step": self.position.step, "elapsed_s": self.position.elapsed, "eval": results,
                 "best_accuracy": self.position.best_accuracy}
 
@@ -264,7 +445,7 @@ class _Run:
                 group["lr"] = lr
         return lr
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) embeddings, compiled when model.compile asks and compilation works."""
         if self.train_forward is self.model:
             return self.model(images)
@@ -286,7 +467,7 @@ class _Run:
         sync = contextlib.nullcontext() if last_in_window or not self.context.distributed else self.model.no_sync()
         with sync:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                embeddings = self._forward(images)
+                embeddings = self.forward(images)
             loss = self.head(embeddings, labels)
             scaled = loss / self.config.optim.accumulation
             if self.scaler is not None:
@@ -314,18 +495,79 @@ class _Run:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
 
+    def _write_text(self, name: str, text: str) -> None:
+        """Replace ``run_dir/name`` atomically: a full disk leaves the previous file, not half of one."""
+        path = self.run_dir / name
+        partial = path.with_name(f".{name}.partial")
+        try:
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, path)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def _set_aside_from(self, first_suspect: int) -> str:
+        """Before stopping on a divergence: set aside the checkpoints of steps >= ``first_suspect`` (the
+        state whose forward or update went non-finite, and later ones): resuming from them would
+        diverge again. Returns how to go on."""
+        if self.context.is_main:
+            for path in list_checkpoints(self.run_dir):
+                if checkpoint_step(path) >= first_suspect:
+                    set_aside(path, "diverged")
+        self.context.barrier()
+        found = list_checkpoints(self.run_dir)
+        if not found:
+            return "no checkpoint of this run predates the divergence: start again with a lower optim.lr"
+        return f"the newest checkpoint before the divergence is {found[0]}: --resume {self.run_dir} continues from it"
+
+    def _check_divergence(self) -> None:
+        """After each step: raise TrainingError when training cannot go on well (non-finite weights or
+        statistics, or too many skipped steps in a row), first setting aside the checkpoints that led there."""
+        position = self.position
+        if not self._state_finite():
+            names = [(name, is_buffer) for is_buffer, module_tensors in ((False, self._model_parameters()), (True, self._model_buffers()))
+                     for name, tensor in module_tensors if not bool(torch.isfinite(tensor).all())]
+            shown = ", ".join(name for name, _ in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            # A skipped step, or BatchNorm statistics gone non-finite, mean the forward pass of the state
+            # before them overflowed: a resume from that state would do it again. Weights alone gone
+            # non-finite after a finite loss mean the update overflowed: the state before it is good.
+            forward_broke = position.nonfinite_in_a_row > 0 or self._any_rank(any(is_buffer for _, is_buffer in names))
+            suspect = position.step - max(position.nonfinite_in_a_row, 1) if forward_broke else position.step
+            raise TrainingError(
+                f"step {position.step}: the model is no longer finite ({shown or 'on another process'}): training diverged; "
+                f"{self._set_aside_from(suspect)} with a lower optim.lr (e.g. --set optim.lr=...)"
+            )
+        if position.nonfinite_in_a_row >= self.config.precision.max_nonfinite_in_a_row:
+            raise TrainingError(
+                f"the loss was non-finite for {position.nonfinite_in_a_row} steps in a row (step {position.step}); "
+                f"lower optim.lr, use precision.autocast=bf16 instead of fp16, or check the data; "
+                f"{self._set_aside_from(self._streak_base())}"
+            )
+
     def run(self) -> dict:
         config, context, position = self.config, self.context, self.position
         metrics = None
         if context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
-            metrics = MetricsLog(self.run_dir)
+            self._write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            metrics = MetricsLog(self.run_dir, resume_step=self.resumed_step)
+        try:
+            return self._train(metrics)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+    def _train(self, metrics: MetricsLog | None) -> dict:
+        config, context, position = self.config, self.context, self.position
         log.info(
             "training %s + %s on %d images of %d classes, %d process(es) x batch %d, %s steps",
             config.model.backbone, config.head.name, len(self.dataset), self.num_classes, context.world_size,
             config.data.batch_size, self.total_steps if not self.time_budget else f"{config.schedule.time_budget_minutes} min of",
         )
+        if self.resumed_step is not None and self._done():
+            log.warning("the run is already complete at step %d (schedule.stop_after_steps=%d, max_steps or time budget reached): "
+                        "nothing to train; --set schedule.stop_after_steps=0 (or a larger value) to go on",
+                        position.step, config.schedule.stop_after_steps)
         # A time budget is shown as seconds of training, so the bar's ETA is the budget's end.
         by_time = self.time_budget > 0
         bar = tqdm(total=round(self.time_budget) if by_time else self.total_steps, initial=round(position.elapsed) if by_time else position.step,
@@ -333,7 +575,6 @@ class _Run:
         accumulation = config.optim.accumulation
         images_per_step = config.data.batch_size * context.world_size * accumulation
         last_checkpoint = time.monotonic()
-        in_a_row = 0
         window_losses: list[float] = []
         self.backbone.train()
         self.head.train()
@@ -341,9 +582,12 @@ class _Run:
             while not self._done():
                 self.sampler.set_position(position.epoch, position.batch_in_epoch)
                 step_start = time.perf_counter()
-                for images, labels in self.loader:
+                for images, labels, skipped in self.loader:
+                    position.skipped_bad += skipped
                     if not window_losses:
                         lr = self._set_lr()
+                    for callback in self.callbacks:
+                        images = callback.on_micro_batch(self, images, labels)
                     window_losses.append(self._micro_step(images, labels, len(window_losses) + 1 == accumulation))
                     position.batch_in_epoch += 1
                     if len(window_losses) < accumulation:
@@ -358,29 +602,30 @@ class _Run:
                     position.elapsed += seconds
                     position.elapsed = context.all_reduce_max(position.elapsed)  # every rank stops together
                     if finite:
-                        in_a_row = 0
+                        position.nonfinite_in_a_row = 0
                     else:
-                        in_a_row += 1
+                        position.nonfinite_in_a_row += 1
                         position.nonfinite_skipped += 1
-                        log.warning("step %d: non-finite loss (%s); step skipped (%d in a row, %d in all)", position.step, loss, in_a_row, position.nonfinite_skipped)
-                        if in_a_row >= config.precision.max_nonfinite_in_a_row:
-                            raise TrainingError(
-                                f"the loss was non-finite for {in_a_row} steps in a row (step {position.step}); "
-                                f"lower optim.lr, use precision.autocast=bf16 instead of fp16, or check the data"
-                            )
+                        log.warning("step %d: non-finite loss (%s); step skipped (%d in a row, %d in all)", position.step, loss,
+                                    position.nonfinite_in_a_row, position.nonfinite_skipped)
+                    self._check_divergence()
                     bar.update(seconds if by_time else 1)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_step / seconds:.1f}", epoch=position.epoch)
                     if metrics is not None and (position.step % config.log_every == 0 or position.step == 1):
                         metrics.write({"step": position.step, "epoch": position.epoch, "loss": loss, "lr": lr,
                                        "images_per_s": images_per_step / seconds, "elapsed_s": position.elapsed})
+                    for callback in self.callbacks:
+                        callback.on_step(self, {"step": position.step, "loss": loss, "lr": lr, "finite": finite})
                     done = self._done()
+                    # Evaluation before the checkpoint of the same step: the checkpoint then holds the best
+                    # accuracy and the RNG state after it, and metrics.jsonl has nothing past the checkpoint.
+                    if not done and config.eval.every_steps and position.step % config.eval.every_steps == 0:
+                        self._log_eval(metrics)
                     every = config.checkpoint
                     if not done and ((every.every_steps and position.step % every.every_steps == 0)
                                      or (every.every_minutes and time.monotonic() - last_checkpoint >= every.every_minutes * 60)):
                         self._save()
                         last_checkpoint = time.monotonic()
-                    if not done and config.eval.every_steps and position.step % config.eval.every_steps == 0:
-                        self._log_eval(metrics)
                     if done:
                         break
                     step_start = time.perf_counter()
@@ -391,18 +636,25 @@ class _Run:
                 break
         finally:
             bar.close()
-        self._save()
         evaluation = self._log_eval(metrics)
+        if not self._save():
+            raise TrainingError(
+                f"step {position.step}: the final state holds non-finite values and was not saved; the newest checkpoint with "
+                f"finite weights is {self._newest_checkpoint()}: --resume {self.run_dir} with a lower optim.lr"
+            )
         summary = {
             "steps": position.step, "epochs": position.epoch + position.batch_in_epoch / max(1, self.sampler.batches_per_epoch()),
             "training_seconds": position.elapsed, "nonfinite_skipped": position.nonfinite_skipped,
+            "skipped_bad_samples": position.skipped_bad,
             "best_accuracy": position.best_accuracy if position.best_step >= 0 else None, "best_step": position.best_step,
             "final_eval": evaluation["eval"] if evaluation else None,
         }
-        if metrics is not None:
-            metrics.close()
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        if context.is_main:
+            self._write_text("summary.json", json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n")
         return summary
+
+    def _any_rank(self, flag: bool) -> bool:
+        return not self._all_ranks(not flag)
 
     def _all_ranks(self, flag: bool) -> bool:
         if not self.context.distributed:
