@@ -281,7 +281,7 @@ def test_malicious_checkpoint_is_refused_without_torch_advice(tmp_path, caplog):
     message = _errors(caplog)[-1]
     assert "refused" in message and ("posix.system" in message or "os.system" in message)
     assert "weights_only" not in message.lower() and "trusted source" not in message
-    from arcface.eval.models import load_face_model
+    from arcface.model import load_face_model
 
     with pytest.raises(DataError) as refused:  # the evaluation's loader says no the same way
         load_face_model(run / "checkpoints" / "step_00000001.pt")
