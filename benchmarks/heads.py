@@ -234,7 +234,7 @@ def benchmark_size(num_classes: int, repeats: int, names: tuple[str, ...]) -> No
     emit(f"softmax_time_ms_C{num_classes}", statistics.median(times["softmax"]), 3)
     for name in names[1:]:
         emit(f"{name}_time_ms_C{num_classes}", statistics.median(times[name]), 3)
-        # Median of the ratios of adjacent steps: a load that comes and goes on this shared machine
+        # Median of the ratios of adjacent steps: a load that comes and goes on a shared machine
         # shifts both steps of a round alike, where it could shift the two medians apart.
         pair_ratios = [ours / base for ours, base in zip(times[name], times["softmax"])]
         emit(f"{name}_vs_softmax_time_C{num_classes}", statistics.median(pair_ratios), 2)

@@ -2,9 +2,10 @@
 
 - Chunked == unchunked in float64 (loss and both gradients), for chunk sizes that do and do not
   divide the number of classes, with sub-centers, sampling and straight-through gradients.
-- bf16 and fp16 products (CPU autocast; this CPU's fp16 matmul is emulated but exact enough to test
-  the branch) against a float64 reference written from the formula, for embeddings and centers of
-  norms 1 to 300 and targets on both sides of the pi boundary: relative error <= 1e-2.
+- bf16 and fp16 products (CPU autocast; a CPU without fp16 arithmetic runs the fp16 matmul in
+  software, exactly enough to test the branch) against a float64 reference written from the
+  formula, for embeddings and centers of norms 1 to 300 and targets on both sides of the pi
+  boundary: relative error <= 1e-2.
 - ``cosine_precision="float32"`` ignores autocast exactly; what each precision chooses.
 
 Relative errors of tensors are norm-wise: ``||got - want|| / ||want||``.

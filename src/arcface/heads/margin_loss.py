@@ -56,13 +56,15 @@ COSINE_PRECISIONS = ("auto", "autocast", "float32")
 DEFAULT_COSINE_PRECISION = "auto"
 
 # Devices where "auto" follows autocast. CUDA: tensor cores. CPU: off by measurement
-# (benchmarks/heads.py --variants on a 2-core AMD EPYC with AVX512-BF16, no AMX: a bf16 product is
-# slower there, the cast of the (C, D) centers every step costs more than the faster product saves).
+# (benchmarks/heads.py --variants, C=1e5, a 2-core AMD EPYC with AVX512-BF16, no AMX: step time over
+# plain softmax, fastest steps, 4.3x with a bf16 product vs 1.05x in float32; casting the (C, D)
+# centers every step costs more than the faster product saves).
 AUTO_HALF_PRODUCT = {"cuda": True, "cpu": False}
 
 # Classes per chunk (None in a head means this default for its device); 0 = one chunk kept for backward.
-# CPU: 0, measured with benchmarks/heads.py --variants (recomputing chunks costs a 4th product there and
-# memory is not short). CUDA: to be confirmed by benchmarks/heads_gpu.py, which measures the sizes.
+# CPU: 0 (same benchmark: 16384-class chunks 1.19x vs 1.05x, recomputing costs a 4th product there;
+# they would save memory, 0.83x vs 1.21x softmax's step memory). CUDA: to be confirmed by
+# benchmarks/heads_gpu.py, which measures 4096 / 16384 / 65536 / 0.
 DEFAULT_CLASS_CHUNK = {"cpu": 0, "cuda": 16384}
 
 # A zero center gets cosine 0 (not NaN), as in scaled_cosine.
