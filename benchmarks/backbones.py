@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/backbones.py                       # every backbone, B = 32, 3 timed steps
     .venv/bin/python benchmarks/backbones.py --models iresnet18 mobilefacenet --repeats 5
 
-The full run takes several minutes (of the order of a quarter of an hour on this 2-core machine;
+The full run takes several minutes (of the order of a quarter of an hour on a 2-core CPU;
 IResNet-200 in fp32 is the slowest part); ``--models`` narrows it.
 
 What is measured, for each backbone of ``list_backbones()`` built with ``create_backbone(name)``

@@ -1,6 +1,6 @@
 """Data pipeline throughput: face alignment on LFW, and the training loader against what a model consumes.
 
-Run from the repository root (about 3 minutes on this 2-core machine for the full LFW)::
+Run from the repository root (about 3 minutes on a 2-core CPU for the full LFW)::
 
     .venv/bin/python benchmarks/data.py
     .venv/bin/python benchmarks/data.py --limit 500 --batches 10    # a quick look

@@ -1,6 +1,6 @@
 """Variants of the LFW CPU recipe at a fixed number of steps: which change buys accuracy.
 
-The CPU recipe trains for 60 minutes, about 1,750 steps of batch 64 on this 2-core machine. Trying
+The CPU recipe trains for 60 minutes, about 1,750 steps of batch 64 on a 2-core CPU. Trying
 a dozen variants of it here takes a day; on one GPU each takes a minute, so this script runs the
 recipe by step count instead of time (``--steps``), on whatever device is available, and prints
 ``<variant>_best=<percent>`` (best of the periodic evaluations), ``<variant>_final=<percent>`` and

@@ -1,6 +1,6 @@
 """Training throughput of our loop against a plain fp32 eager loop, and partial-FC head memory per process.
 
-Run from the repository root (several minutes on this 2-core machine)::
+Run from the repository root (several minutes on a 2-core CPU)::
 
     .venv/bin/python benchmarks/train.py
     .venv/bin/python benchmarks/train.py --models iresnet18 --classes 100000 --steps 3
