@@ -59,12 +59,14 @@ MAX_CLASSES = _FLOAT32_EXACT
 _LABEL = re.compile(r"[0-9]+")
 
 
-def encoded_size(data: bytes) -> tuple[int, int] | None:
+def encoded_size(data: bytes, source: str) -> tuple[int, int] | None:
     """(height, width) from an encoded image's header without decoding it; None when PIL cannot tell."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{source}: {error}") from None
+    except (UnidentifiedImageError, OSError, ValueError):
         return None
     return height, width
 
@@ -143,7 +145,7 @@ class FaceDataset(Dataset):
 
     def _load(self, index: int) -> tuple[torch.Tensor, int]:
         data, source = self._encoded(index)
-        if self.image_size is not None and (size := encoded_size(data)) is not None:
+        if self.image_size is not None and (size := encoded_size(data, source)) is not None:
             _check_size(*size, self.image_size, source)  # before decoding: a huge image is refused, not decoded
         image = decode_image(data, source)
         if self.image_size is not None:

@@ -381,14 +381,17 @@ class _Run:
 
     def _state_finite(self) -> bool:
         """Whether every parameter and buffer (BatchNorm statistics) of the backbone and head is finite, on
-        every rank. One fused max-abs reduction per step: a pass over the weights, as the optimizer makes."""
-        tensors = [tensor for _, tensor in self._model_tensors()]
+        every rank. Checked after each step with one fused L2-norm pass (a NaN or an infinity makes its
+        tensor's norm non-finite): 21 ms for IResNet-50's 44M values on a 2-core AMD EPYC, next to steps
+        of seconds there; the max-abs norm took 25x longer on the CPU."""
+        tensors = [tensor.detach() for _, tensor in self._model_tensors()]
         with torch.no_grad():
             try:
-                peaks = torch._foreach_norm(tensors, float("inf"))
+                finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all())
             except (AttributeError, RuntimeError, TypeError):  # an older PyTorch or an unsupported dtype
-                peaks = [tensor.abs().max() for tensor in tensors]
-            finite = bool(torch.isfinite(torch.stack([peak.float() for peak in peaks])).all())
+                finite = False
+            if not finite:  # the norm also overflows for finite weights above ~1e19: confirm value by value
+                finite = all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
         return self._all_ranks(finite)
 
     # ------------------------------------------------------------------ evaluation
