@@ -64,6 +64,18 @@ def slug(method: str) -> str:
     return method.lower().replace("+", "_")
 
 
+def seed_entries(results: Path, method: str) -> list[dict]:
+    """The result files of ``method``'s finished runs in ``results``, by seed."""
+    return sorted((json.loads(p.read_text()) for p in results.glob(f"{slug(method)}_seed*.json")), key=lambda e: e["seed"])
+
+
+def accuracy_and_tar(entries: list[dict]) -> tuple[list[float], list[float]]:
+    """Per run, pairsDevTest accuracy and TAR@FAR=1e-2 in percent (runs without a TAR figure left out of the second)."""
+    accuracy = [100 * e["accuracy"] for e in entries]
+    tar = [100 * e["tar_at_far"]["1e-2"] for e in entries if e["tar_at_far"].get("1e-2") is not None]
+    return accuracy, tar
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "arcface.cli", *args]
 
@@ -103,12 +115,11 @@ def summarize(results: Path, methods: list[str]) -> tuple[list[str], str]:
     lines = ["| Method | Accuracy (%) | TAR@FAR=1e-2 (%) | Runs | Accuracy per seed |", "|---|---|---|---|---|"]
     figures = []
     for method in methods:
-        entries = sorted((json.loads(p.read_text()) for p in results.glob(f"{slug(method)}_seed*.json")), key=lambda e: e["seed"])
+        entries = seed_entries(results, method)
         if not entries:
             lines.append(f"| {method} | not run | | 0 | |")
             continue
-        accuracy = [100 * e["accuracy"] for e in entries]
-        tar = [100 * e["tar_at_far"]["1e-2"] for e in entries if e["tar_at_far"].get("1e-2") is not None]
+        accuracy, tar = accuracy_and_tar(entries)
         key = slug(method)
         figures += [
             f"{key}_accuracy_mean={statistics.fmean(accuracy):.2f}", f"{key}_accuracy_std={statistics.pstdev(accuracy):.2f}",

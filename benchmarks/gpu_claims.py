@@ -343,12 +343,10 @@ def final_loss(metrics: Path, steps: int, fraction: float = FINAL_LOSS_FRACTION)
     return losses[min(losses)], statistics.fmean(last)
 
 
-def slug(method: str) -> str:
-    return method.lower().replace("+", "_")
-
-
 def summarize_ablation(folder: Path, methods: list[str]) -> tuple[list[str], str]:
     """Figure lines and a markdown table: mean ± population std over seeds, per-seed values."""
+    from ablation import accuracy_and_tar, seed_entries, slug
+
     lines = ["| Method | Accuracy (%) | TAR@FAR=1e-2 (%) | Final loss | Target angle (°) | Runs | Accuracy per seed | TAR per seed |",
              "|---|---|---|---|---|---|---|---|"]
     figures = []
@@ -357,12 +355,11 @@ def summarize_ablation(folder: Path, methods: list[str]) -> tuple[list[str], str
         return f"{statistics.fmean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}" if values else "n/a"
 
     for method in methods:
-        entries = sorted((json.loads(p.read_text()) for p in folder.glob(f"{slug(method)}_seed*.json")), key=lambda e: e["seed"])
+        entries = seed_entries(folder, method)
         if not entries:
             lines.append(f"| {method} | not run | | | | 0 | | |")
             continue
-        accuracy = [100 * e["accuracy"] for e in entries]
-        tar = [100 * e["tar_at_far"]["1e-2"] for e in entries if e["tar_at_far"].get("1e-2") is not None]
+        accuracy, tar = accuracy_and_tar(entries)
         loss = [e["final_loss"] for e in entries]
         angle = [e["target_angle_mean_deg"] for e in entries]
         key = f"ablation_{slug(method)}"
@@ -605,7 +602,7 @@ def _training_overrides(plan: Plan, steps: int, seed: int) -> list[str]:
 
 def ablation_jobs(plan: Plan) -> tuple[list[Job], int]:
     """The unfinished (method, seed) runs, seed by seed (a call that ends early leaves whole seeds), and the done count."""
-    from ablation import METHODS
+    from ablation import METHODS, slug
 
     folder = plan.results / f"ablation_steps{plan.steps}"
     jobs, done = [], 0
