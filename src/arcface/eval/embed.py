@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..data.binset import VerificationSet, read_bin
 from ..data.datasets import FaceTransform, decode_image
 from ..data.errors import DataError
-from ..data.protocols import Pair, check_images_exist
+from ..data.protocols import Pair, check_images_exist, protocol_folds
 from ..input_spec import DEFAULT_INPUT_SPEC, FACE_SIZE, InputSpec
 from .pair_index import PairIndex, bin_folds, image_positions
 from .verification import VerificationResult
@@ -253,9 +253,8 @@ def verify_pairs(
         embed_kwargs: passed to :func:`embed_images` (batch_size, flip_test, device, ...).
     """
     images = PairImages(pairs, image_root, spec)
-    index = PairIndex.from_pairs(pairs)[1]
-    if folds is not None:
-        index = index.with_folds(folds)
+    index = PairIndex(images.left, images.right, images.same, np.zeros(len(pairs), dtype=np.int64))
+    index = index.with_folds(protocol_folds(pairs)[0] if folds is None else folds)
     return index.result(embed_images(model, images, **embed_kwargs))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..data.download import YUNET_SHA256, YUNET_URL
 from ..data.errors import DataError
+from ..data.protocols import atomic_output
 from ..home import arcface_home
 
 __all__ = [
@@ -153,10 +154,9 @@ def _user_entries() -> dict[str, ModelEntry]:
 def _write_user_entries(entries: dict[str, ModelEntry]) -> None:
     path = user_registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
     document = {"version": 1, "models": {name: asdict(entry) for name, entry in sorted(entries.items())}}
-    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_output(path) as handle:
+        handle.write((json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
 def list_models() -> list[ModelEntry]:

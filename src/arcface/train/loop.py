@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..backbones import create_backbone
 from ..data.datasets import FaceTransform, build_dataset
+from ..data.protocols import atomic_output
 from ..input_spec import DEFAULT_INPUT_SPEC
 from ..heads.partial_fc import PartialFCHead
 from .checkpoint import (
@@ -500,14 +500,8 @@ class _Run:
 
     def _write_text(self, name: str, text: str) -> None:
         """Replace ``run_dir/name`` atomically: a full disk leaves the previous file, not half of one."""
-        path = self.run_dir / name
-        partial = path.with_name(f".{name}.partial")
-        try:
-            partial.write_text(text, encoding="utf-8")
-            os.replace(partial, path)
-        except OSError:
-            partial.unlink(missing_ok=True)
-            raise
+        with atomic_output(self.run_dir / name) as handle:
+            handle.write(text.encode("utf-8"))
 
     def _set_aside_from(self, first_suspect: int) -> str:
         """Before stopping on a divergence: set aside the checkpoints of steps >= ``first_suspect`` (the
