@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .data.align import ALIGNED_SIZE, ARCFACE_TEMPLATE, FaceAligner, FaceDetector, choose_face, warp_face
 from .data.errors import DataError
 from .eval.embed import embed_images
-from .model import ModelInfo, load_face_model
+from .model import ModelInfo, load_face_model, load_named_model
 
 __all__ = ["FaceRecognizer", "EmbedResult", "Face", "Gallery", "DEFAULT_THRESHOLD", "answer_of"]
 
@@ -172,10 +172,10 @@ class FaceRecognizer:
                 else DEFAULT_THRESHOLD).
         """
         from .home import find_detector
-        from .pretrained import input_arguments, pull, resolve_model
+        from .pretrained import pull
 
-        resolved = resolve_model(name_or_path, download=download, progress=progress)
-        arguments = input_arguments(resolved.entry, input_mean=input_mean, input_std=input_std, input_layout=input_layout, bgr=bgr)
+        model, info, entry = load_named_model(name_or_path, download=download, progress=progress, architecture=arch,
+                                              input_mean=input_mean, input_std=input_std, input_layout=input_layout, bgr=bgr)
         if isinstance(detector, str) and detector == "auto":
             detector = find_detector(None)
             if detector is None and download:
@@ -183,10 +183,10 @@ class FaceRecognizer:
                     detector = str(pull("yunet", progress=progress))
                 except DataError as error:  # aligned faces need no detector: say so, and go on
                     logger.warning("no face detector (%s); only aligned 112x112 faces can be used", error)
-        if threshold is None and resolved.entry is not None:
-            threshold = resolved.entry.threshold
-        recognizer = cls.load(resolved.path, arch=arch, **arguments, detector=detector, threshold=threshold, **kwargs)
-        recognizer.entry = resolved.entry
+        if threshold is None and entry is not None:
+            threshold = entry.threshold
+        recognizer = cls(model, info, detector=detector, threshold=threshold, **kwargs)
+        recognizer.entry = entry
         return recognizer
 
     @classmethod

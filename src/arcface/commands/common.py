@@ -122,14 +122,10 @@ def detector_for(args: argparse.Namespace, near: str | Path | None, required: bo
 
 def load_model(args: argparse.Namespace):
     """(model, info, entry) for the evaluation commands: a registry name or a path, with its input convention."""
-    from ..model import load_face_model
-    from ..pretrained import input_arguments, resolve_model
+    from ..model import load_named_model
 
-    resolved = resolve_model(args.model, download=True, progress=progress(args))
-    arguments = input_arguments(resolved.entry, input_mean=args.input_mean, input_std=args.input_std,
-                                input_layout=args.input_layout, bgr=args.bgr)
-    model, info = load_face_model(resolved.path, architecture=args.arch, **arguments)
-    return model, info, resolved.entry
+    return load_named_model(args.model, download=True, progress=progress(args), architecture=args.arch, input_mean=args.input_mean,
+                            input_std=args.input_std, input_layout=args.input_layout, bgr=args.bgr)
 
 
 def load_recognizer(args: argparse.Namespace, near: str | Path | None, threshold: float | None = None):

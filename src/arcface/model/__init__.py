@@ -19,7 +19,7 @@ from .checkpoint_file import (
     load_checkpoint,
     load_checkpoint_or_run,
 )
-from .face_model import ModelInfo, SpecAdapter, file_fingerprint, load_face_model
+from .face_model import ModelInfo, SpecAdapter, file_fingerprint, load_face_model, load_named_model
 from .onnx_file import OnnxFaceModel, append_onnx_metadata, onnx_session, read_onnx_metadata
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoint_or_run",
     "load_face_model",
+    "load_named_model",
     "load_trained_model",
     "onnx_session",
     "read_onnx_metadata",

@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,7 +30,10 @@ from .build import backbone_from_state
 from .checkpoint_file import checkpoint_input_spec, list_checkpoints, load_refusal
 from .onnx_file import OnnxFaceModel, read_onnx_metadata
 
-__all__ = ["ModelInfo", "SpecAdapter", "load_face_model", "file_fingerprint"]
+if TYPE_CHECKING:
+    from ..pretrained import ModelEntry
+
+__all__ = ["ModelInfo", "SpecAdapter", "load_face_model", "load_named_model", "file_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +189,28 @@ def load_face_model(
     with torch.no_grad():
         size = int(model.eval()(torch.zeros(1, 3, spec.size, spec.size)).shape[1])
     return model, _info(path, "insightface", architecture, size, spec, fingerprint)
+
+
+def load_named_model(
+    name_or_path: str | os.PathLike,
+    *,
+    download: bool = True,
+    progress: bool | None = None,
+    architecture: str | None = None,
+    input_mean: float | None = None,
+    input_std: float | None = None,
+    input_layout: str | None = None,
+    bgr: bool | None = None,
+) -> tuple[nn.Module, ModelInfo, "ModelEntry | None"]:
+    """:func:`load_face_model` of a registry name (``arcface models list``) or a path, with the entry's input
+    convention applied (the arguments given override it). Returns (model, info, the entry or None).
+
+    Args:
+        download: pull a registry model that is not in the model home yet (``$ARCFACE_HOME``).
+    """
+    from ..pretrained import input_arguments, resolve_model
+
+    resolved = resolve_model(name_or_path, download=download, progress=progress)
+    arguments = input_arguments(resolved.entry, input_mean=input_mean, input_std=input_std, input_layout=input_layout, bgr=bgr)
+    model, info = load_face_model(resolved.path, architecture=architecture, **arguments)
+    return model, info, resolved.entry
